@@ -1,0 +1,243 @@
+/* shmsem._core: the small C core of shmsem.
+ *
+ * C does only what needs C: the System V syscalls, releasing the GIL around
+ * anything that can block, the PEP 475 EINTR loop, the buffer protocol with
+ * export counting, and the atomics and futex words of Channel and Mailbox.
+ * Policy (creation, ownership, key-squatting checks, reprs, pickling) lives in
+ * the Python modules next to this directory.
+ */
+#ifndef SHMSEM_H
+#define SHMSEM_H
+
+#ifndef __linux__
+#error "shmsem supports Linux only (System V IPC and futexes as Linux provides them)"
+#endif
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/types.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
+#ifndef SHMSEM_VERSION
+#error "SHMSEM_VERSION must be defined by the build (setup.py)"
+#endif
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "shmsem's on-memory formats are little-endian; big-endian Linux is not supported"
+#endif
+
+/* The kernel's SEMVMX (include/uapi/linux/sem.h), fixed at 32767 since Linux 1.0.
+ * <linux/sem.h> clashes with <sys/sem.h>, so it is restated here. */
+#define SS_SEMVMX 32767
+
+/* glibc and musl name the key field of struct ipc_perm differently. */
+#if defined(__GLIBC__)
+#define SS_PERM_KEY(perm) ((perm).__key)
+#define SS_MSG_CBYTES(ds) ((ds).__msg_cbytes)
+#else
+#define SS_PERM_KEY(perm) ((perm).__ipc_perm_key)
+#define SS_MSG_CBYTES(ds) ((ds).msg_cbytes)
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Module state (multi-phase init).                                          */
+
+typedef struct {
+    PyObject *error_factory;  /* shmsem.errors._from_core, set at import */
+    PyObject *queue_empty;    /* queue.Empty */
+    PyObject *queue_full;     /* queue.Full */
+    PyTypeObject *segment_type;
+    PyTypeObject *sem_type;
+    PyTypeObject *channel_type;
+    PyTypeObject *mailbox_type;
+} ss_state;
+
+extern struct PyModuleDef shmsem_module_def;
+
+ss_state *ss_state_from_type(PyTypeObject *tp);
+
+static inline ss_state *
+ss_state_from_module(PyObject *module)
+{
+    return (ss_state *)PyModule_GetState(module);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Errors.  Every error leaves C through the factory registered by
+ * shmsem/errors.py, so the exception classes and messages are defined in one
+ * place.  kind is one of "os", "closed", "frame", "format", "readonly". */
+
+PyObject *ss_raise(ss_state *st, const char *kind, int err, const char *syscall,
+                   PyObject *key, long id, const char *detail);
+PyObject *ss_raise_errno(ss_state *st, const char *syscall, PyObject *key, long id);
+PyObject *ss_raise_closed(ss_state *st, const char *what);
+PyObject *ss_raise_format(ss_state *st, long id, const char *fmt, ...);
+
+/* ------------------------------------------------------------------------ */
+/* Time and deadlines, on CLOCK_MONOTONIC. */
+
+typedef struct {
+    int infinite;
+    int64_t deadline_ns;  /* CLOCK_MONOTONIC, valid when !infinite */
+} ss_deadline;
+
+static inline int64_t
+ss_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* timeout None or inf -> infinite.  Negative or NaN -> ValueError.
+ * Returns -1 with an exception set on bad input. */
+int ss_parse_timeout(PyObject *timeout, ss_deadline *out);
+
+/* Remaining time; returns 0 when the deadline has passed. */
+static inline int
+ss_remaining(const ss_deadline *d, struct timespec *ts)
+{
+    int64_t left = d->deadline_ns - ss_now_ns();
+    if (left <= 0) {
+        ts->tv_sec = 0;
+        ts->tv_nsec = 0;
+        return 0;
+    }
+    ts->tv_sec = (time_t)(left / 1000000000LL);
+    ts->tv_nsec = (long)(left % 1000000000LL);
+    return 1;
+}
+
+static inline int64_t
+ss_remaining_ns(const ss_deadline *d)
+{
+    if (d->infinite)
+        return INT64_MAX;
+    int64_t left = d->deadline_ns - ss_now_ns();
+    return left > 0 ? left : 0;
+}
+
+/* Sleep up to ns nanoseconds (GIL must be released). Returns -1 on EINTR. */
+int ss_sleep_ns(int64_t ns);
+
+static inline int
+ss_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t min, Py_ssize_t max)
+{
+    if (nargs < min || nargs > max) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd positional arguments (%zd given)",
+                     name, min, max, nargs);
+        return 0;
+    }
+    return 1;
+}
+
+/* Parse a key from Python: int in [-2**31, 2**32) -> key_t, never truncated. */
+int ss_parse_key(PyObject *obj, key_t *out);
+
+/* ------------------------------------------------------------------------ */
+/* Futex words in shared memory.  Shared (not PRIVATE) futexes, because the
+ * waiters live in different processes. */
+
+int ss_futex_wait(_Atomic uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+void ss_futex_wake(_Atomic uint32_t *addr, int n);
+
+static inline void
+ss_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* Segment: one shmat() mapping, exported through the buffer protocol. */
+
+typedef struct {
+    PyObject_HEAD
+    ss_state *state;
+    char *addr;            /* NULL once detached: every access checks it */
+    Py_ssize_t size;
+    int shmid;
+    int readonly;
+    Py_ssize_t exports;    /* live buffer views */
+    Py_ssize_t busy;       /* operations running with the GIL released */
+    PyObject *weakreflist;
+} SegmentObject;
+
+/* Returns the mapping, or NULL with ClosedError set when detached. */
+static inline char *
+ss_segment_addr(SegmentObject *seg)
+{
+    if (seg->addr == NULL) {
+        ss_raise_closed(seg->state, "shared memory segment is detached");
+        return NULL;
+    }
+    return seg->addr;
+}
+
+/* Copy with the GIL released when the copy is large.  The segment's busy count
+ * keeps another thread from detaching it meanwhile. */
+void ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n);
+
+#define SS_NOGIL_COPY_THRESHOLD (256 * 1024)
+
+/* ------------------------------------------------------------------------ */
+/* Process lock in shared memory (see plock.c): a mutex whose holder is
+ * recognised by pid and process start time, so that a holder that died is
+ * detected and its lock taken over. */
+
+typedef struct {
+    _Atomic uint64_t owner;     /* 0 free, else pid | (start_time_low32 << 32) */
+    _Atomic uint32_t seq;       /* futex word: bumped on every unlock */
+    _Atomic uint32_t waiting;   /* 1 when someone sleeps on seq */
+} ss_plock;
+
+enum { SS_LOCK_OK = 0, SS_LOCK_RECOVERED = 1, SS_LOCK_TIMEOUT = 2, SS_LOCK_ERROR = -1 };
+
+uint64_t ss_self_ident(void);
+/* Fast path: try once, holding the GIL. Returns SS_LOCK_OK or SS_LOCK_TIMEOUT. */
+int ss_plock_try(ss_plock *lk);
+/* Slow path: called with the GIL held; releases it while waiting.
+ * Returns SS_LOCK_OK / SS_LOCK_RECOVERED / SS_LOCK_TIMEOUT, or SS_LOCK_ERROR
+ * with a Python exception set (a signal handler raised). */
+int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl);
+void ss_plock_release(ss_plock *lk);
+int ss_pid_alive(uint64_t ident);
+
+/* ------------------------------------------------------------------------ */
+/* Type specs, defined in their own files. */
+
+extern PyType_Spec ss_segment_spec;
+extern PyType_Spec ss_sem_spec;
+extern PyType_Spec ss_channel_spec;
+extern PyType_Spec ss_mailbox_spec;
+
+extern PyMethodDef ss_ipc_functions[];  /* shm*, sem*, msg* module functions */
+
+int ss_channel_module_init(PyObject *module);
+int ss_mailbox_module_init(PyObject *module);
+
+#endif /* SHMSEM_H */

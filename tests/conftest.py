@@ -1,0 +1,220 @@
+"""Shared fixtures.
+
+* ``ipc_leak_check`` (autouse) compares /proc/sysvipc before and after every
+  test, removes whatever the test left behind, and fails the test for it.
+* ``unique_key`` hands out keys unique to this run (never a bare random key).
+* ``child`` runs Python code in a real child process, always bounded in time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+import shmsem
+from shmsem import _core
+
+PROC = Path("/proc/sysvipc")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-stress", action="store_true", default=False,
+        help="run the long load tests marked 'stress'",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-stress"):
+        return
+    skip = pytest.mark.skip(reason="stress test: run with --run-stress")
+    for item in items:
+        if "stress" in item.keywords:
+            item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------
+# /proc/sysvipc snapshots and the leak check
+
+
+def ipc_objects() -> set[tuple[str, int, int]]:
+    """(kind, key, id) of every System V object visible in this IPC namespace."""
+    found = set()
+    for kind in ("shm", "sem", "msg"):
+        lines = (PROC / kind).read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            found.add((kind, int(fields[0]), int(fields[1])))
+    return found
+
+
+def remove_object(kind: str, ident: int) -> None:
+    try:
+        if kind == "shm":
+            _core.shm_rmid(ident)
+        elif kind == "sem":
+            _core.semctl(ident, 0, _core.IPC_RMID)
+        else:
+            _core.msg_rmid(ident)
+    except (shmsem.ShmsemError, OSError):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def ipc_leak_check() -> Iterator[None]:
+    before = ipc_objects()
+    yield
+    # A segment marked for removal but still attached by a dying child shows
+    # with key 0 for a moment; give children a little time to finish exiting.
+    deadline = time.monotonic() + 2.0
+    while True:
+        leaked = ipc_objects() - before
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for kind, _key, ident in leaked:
+        remove_object(kind, ident)
+    if leaked:
+        shown = ", ".join(f"{k} key={shmsem.errors.format_key(key)} id={i}" for k, key, i in sorted(leaked))
+        pytest.fail(f"test leaked System V objects (now removed): {shown}")
+
+
+# ---------------------------------------------------------------------------
+# Keys
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture
+def unique_key() -> "KeyFactory":
+    return KeyFactory()
+
+
+class KeyFactory:
+    """Keys unique to this test run: 0x5e, then 12 bits of our pid, then a
+    counter; a key already in use is skipped."""
+
+    def __call__(self) -> int:
+        in_use = {key for _, key, _ in ipc_objects()}
+        while True:
+            key = (0x5E << 24) | ((os.getpid() & 0xFFF) << 12) | (next(_counter) & 0xFFF)
+            signed = key - 2**32 if key >= 2**31 else key
+            if signed not in in_use:
+                return key
+
+
+# ---------------------------------------------------------------------------
+# Child processes
+
+SRC_ENV = dict(os.environ)
+
+
+class Child:
+    """A Python child process running ``code``; stdout/stderr captured."""
+
+    def __init__(self, code: str, *, user: Optional[int] = None, env: Optional[dict[str, str]] = None) -> None:
+        self.code = textwrap.dedent(code)
+        preexec = None
+        if user is not None:
+            def preexec() -> None:
+                os.setgid(user)
+                os.setgroups([])
+                os.setuid(user)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.code],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env or SRC_ENV, preexec_fn=preexec, cwd="/",
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def readline(self, timeout: float = 10.0) -> str:
+        """One line of the child's stdout, or fail after ``timeout``."""
+        import select
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.kill()
+            pytest.fail(f"child printed nothing within {timeout}s; stderr: {self.stderr_text()}")
+        line = self.proc.stdout.readline().decode()
+        if not line:
+            pytest.fail(f"child exited early (rc={self.proc.wait(5)}): {self.stderr_text()}")
+        return line.strip()
+
+    def expect(self, text: str, timeout: float = 10.0) -> None:
+        line = self.readline(timeout)
+        assert line == text, f"child said {line!r}, expected {text!r}; stderr: {self.stderr_text()}"
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"child did not exit within {timeout}s; stderr: {self.stderr_text()}")
+
+    def finish(self, timeout: float = 10.0) -> tuple[int, str, str]:
+        """Wait for exit; return (returncode, stdout, stderr)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"child did not exit within {timeout}s")
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def stderr_text(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+
+@pytest.fixture
+def child() -> Iterator[type]:
+    """Factory: ``child(code, user=None)`` starts a child; all are killed at teardown."""
+    started: list[Child] = []
+
+    def start(code: str, **kw: object) -> Child:
+        c = Child(code, **kw)  # type: ignore[arg-type]
+        started.append(c)
+        return c
+
+    yield start  # type: ignore[misc]
+    for c in started:
+        c.kill()
+        for stream in (c.proc.stdin, c.proc.stdout, c.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch a child to another uid")
