@@ -247,7 +247,10 @@ class SharedMemory:
 
         if offset < 0:
             raise ValueError(f"offset must be non-negative, not {offset}")
-        return numpy.ndarray(shape, dtype=dtype, buffer=self.buf, offset=offset)
+        array: numpy.ndarray[Any, Any] = numpy.ndarray(
+            shape, dtype=dtype, buffer=self.buf, offset=offset
+        )
+        return array
 
     # -- kernel view -------------------------------------------------------
 

@@ -301,17 +301,17 @@ segment_get_address(SegmentObject *self, void *closure)
 
 static PyMethodDef segment_methods[] = {
     {"detach", (PyCFunction)segment_detach, METH_NOARGS,
-     "detach()\n--\n\n"
+     "detach($self)\n--\n\n"
      "Unmap this process's view (shmdt).  Raises BufferError while exported views\n"
      "are alive.  Idempotent."},
     {"read_at", (PyCFunction)(void (*)(void))segment_read_at, METH_FASTCALL,
-     "read_at(offset, n, /)\n--\n\nCopy n bytes at offset out of the segment (bounds-checked)."},
+     "read_at($self, offset, n, /)\n--\n\nCopy n bytes at offset out of the segment (bounds-checked)."},
     {"write_at", (PyCFunction)(void (*)(void))segment_write_at, METH_FASTCALL,
-     "write_at(offset, data, /)\n--\n\nCopy data into the segment at offset (bounds-checked)."},
+     "write_at($self, offset, data, /)\n--\n\nCopy data into the segment at offset (bounds-checked)."},
     {"read_frame", (PyCFunction)segment_read_frame, METH_NOARGS,
-     "read_frame()\n--\n\nRead the frame at offset 0: int32 LE length, then payload."},
+     "read_frame($self)\n--\n\nRead the frame at offset 0: int32 LE length, then payload."},
     {"write_frame", (PyCFunction)segment_write_frame, METH_O,
-     "write_frame(data, /)\n--\n\nWrite data (bytes-like, or str as UTF-8) as one frame."},
+     "write_frame($self, data, /)\n--\n\nWrite data (bytes-like, or str as UTF-8) as one frame."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -288,19 +288,19 @@ sem_get_held(SemObject *self, void *closure)
 
 static PyMethodDef sem_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(blocking=True, timeout=None)\n--\n\n"
+     "acquire($self, blocking=True, timeout=None)\n--\n\n"
      "Decrement the semaphore, waiting while it is zero.  Returns True, or False\n"
      "when blocking is false or the timeout expires.  The GIL is released while\n"
      "waiting; signal handlers run, and their exceptions propagate.\n"
      "Raises RemovedError if the set is removed while waiting."},
     {"release", (PyCFunction)(void (*)(void))sem_release, METH_FASTCALL,
-     "release(n=1)\n--\n\nIncrement the semaphore by n (never blocks).\n"
+     "release($self, n=1, /)\n--\n\nIncrement the semaphore by n (never blocks).\n"
      "Raises ValueError when the value would exceed SEMVMX."},
     {"_bind", (PyCFunction)(void (*)(void))sem_bind, METH_VARARGS | METH_KEYWORDS,
-     "_bind(semid, num=0, key=None, undo=False, lock=False)\n--\n\n"
+     "_bind($self, semid, num=0, key=None, undo=False, lock=False)\n--\n\n"
      "Point this handle at member num of set semid."},
     {"_unbind", (PyCFunction)sem_unbind, METH_NOARGS,
-     "_unbind()\n--\n\nForget the set; later operations raise ClosedError."},
+     "_unbind($self)\n--\n\nForget the set; later operations raise ClosedError."},
     {NULL, NULL, 0, NULL},
 };
 
