@@ -39,6 +39,7 @@ from . import errors as _errors
 
 _core._set_error_factory(_errors._from_core)
 
+from .channel import Channel as Channel, ChannelStats as ChannelStats
 from .compat import PosixIpcHelper as PosixIpcHelper
 from .errors import (
     ClosedError as ClosedError,
@@ -54,6 +55,7 @@ from .errors import (
     WouldBlockError as WouldBlockError,
 )
 from .keys import IPC_PRIVATE as IPC_PRIVATE, ftok as ftok, key_from_name as key_from_name
+from .mailbox import Mailbox as Mailbox
 from .msgq import MessageQueue as MessageQueue, MessageQueueStat as MessageQueueStat
 from .sem import (
     SEMVMX as SEMVMX,
@@ -83,6 +85,9 @@ __all__ = [
     "Lock",
     "MessageQueue",
     "MessageQueueStat",
+    "Channel",
+    "ChannelStats",
+    "Mailbox",
     "PosixIpcHelper",
     "ShmsemError",
     "NotFoundError",

@@ -139,6 +139,71 @@ ss_sleep_ns(int64_t ns)
     return nanosleep(&ts, NULL);
 }
 
+int
+ss_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              const char *const *names, int nrequired, PyObject **out)
+{
+    int n = 0;
+    while (names[n] != NULL)
+        out[n++] = NULL;
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, n,
+                     nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t k = 0; k < nkw; k++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+            int i;
+            for (i = 0; i < n; i++)
+                if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0)
+                    break;
+            if (i == n) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             fname, name);
+                return -1;
+            }
+            if (out[i] != NULL) {
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                             fname, names[i]);
+                return -1;
+            }
+            out[i] = args[nargs + k];
+        }
+    }
+    for (int i = 0; i < nrequired; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                         names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+ss_parse_block_timeout(PyObject *block, PyObject *timeout, int *blocking, ss_deadline *dl)
+{
+    *blocking = 1;
+    if (block != NULL) {
+        int b = PyObject_IsTrue(block);
+        if (b < 0)
+            return -1;
+        *blocking = b;
+    }
+    if (!*blocking) {
+        dl->infinite = 0;
+        dl->deadline_ns = 0;
+        /* queue.Queue ignores the timeout when block is false; still refuse garbage. */
+        ss_deadline ignored;
+        return ss_parse_timeout(timeout, &ignored);
+    }
+    return ss_parse_timeout(timeout, dl);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Keys: an int in [-2**31, 2**32), reinterpreted as the 32-bit key_t.
  * Out of range raises ValueError; nothing is ever truncated. */
@@ -253,10 +318,14 @@ shmsem_exec(PyObject *module)
         return -1;
 
     if (add_type(module, &ss_segment_spec, &st->segment_type) < 0 ||
-        add_type(module, &ss_sem_spec, &st->sem_type) < 0)
+        add_type(module, &ss_sem_spec, &st->sem_type) < 0 ||
+        add_type(module, &ss_channel_spec, &st->channel_type) < 0 ||
+        add_type(module, &ss_mailbox_spec, &st->mailbox_type) < 0)
         return -1;
 
     if (PyModule_AddFunctions(module, ss_ipc_functions) < 0)
+        return -1;
+    if (ss_channel_module_init(module) < 0 || ss_mailbox_module_init(module) < 0)
         return -1;
 
 #define ADD_INT(name, value) \

@@ -13,6 +13,9 @@
 #error "shmsem supports Linux only (System V IPC and futexes as Linux provides them)"
 #endif
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -149,6 +152,16 @@ ss_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t min, Py_ssize_t ma
     }
     return 1;
 }
+
+/* Map vectorcall arguments onto slots by position or keyword name.
+ * names: NULL-terminated; the first nrequired are required.  out[i] stays
+ * NULL for a missing optional argument.  Returns 0, or -1 with TypeError. */
+int ss_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nrequired, PyObject **out);
+
+/* block/timeout as queue.Queue takes them: timeout only counts when block is
+ * true, None waits forever, negative or NaN raises ValueError. */
+int ss_parse_block_timeout(PyObject *block, PyObject *timeout, int *blocking, ss_deadline *dl);
 
 /* Parse a key from Python: int in [-2**31, 2**32) -> key_t, never truncated. */
 int ss_parse_key(PyObject *obj, key_t *out);

@@ -1,0 +1,372 @@
+"""Channel: a FIFO queue of messages in one shared memory segment.
+
+``multiprocessing.Queue`` semantics at shared-memory speed: any number of
+producer and consumer processes, ``queue.Full`` / ``queue.Empty`` with the
+same block/timeout rules as ``queue.Queue``, and safety when a process dies:
+a producer killed mid-put leaves nothing behind, a consumer killed mid-get
+leaves the message for the next consumer, and a lock held by a dead process
+is taken over.  The binary layout is in docs/protocol.md.
+
+Objects travel as pickles (protocol 5).  Out-of-band buffers (NumPy arrays,
+bytearrays, ...) are copied straight into the ring, once, and come back as
+writable arrays backed by one bytearray.  Unpickling runs code chosen by the
+sender: exchange objects only with processes you trust, and use
+``put_bytes``/``get_bytes`` with anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pickle
+import queue
+import struct
+import time
+from typing import Any, Iterable, Optional, Sequence, Union
+
+from . import _core
+from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg
+from .errors import ExistsError, FormatError, NotFoundError, RemovedError, format_key
+from .keys import Key, normalize_key
+from .shm import SharedMemory
+
+__all__ = ["Channel", "ChannelStats"]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+#: How long opening waits for a creator to finish writing the header.
+READY_WAIT = 0.1
+#: The smallest ring accepted (bytes).
+MIN_CAPACITY = 64
+#: Longest single wait of an asyncio helper thread, so cancellation frees it soon.
+_ASYNC_SLICE = 0.25
+#: Out-of-band buffers start at this alignment inside a message.
+_OOB_ALIGN = 16
+
+_KIND_BYTES = _core.KIND_BYTES
+_KIND_PICKLE = _core.KIND_PICKLE
+_KIND_PICKLE_OOB = _core.KIND_PICKLE_OOB
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelStats:
+    """A snapshot of a Channel's header counters."""
+
+    capacity: int
+    #: bytes of the ring in use (headers and padding included)
+    used: int
+    #: messages queued (approximate while others are active)
+    messages: int
+    #: messages ever put / taken
+    put_count: int
+    get_count: int
+    #: a consumer (producer) sleeps waiting for data (room)
+    consumers_waiting: bool
+    producers_waiting: bool
+    #: pid holding the producer (consumer) lock, 0 if free
+    producer_lock_pid: int
+    consumer_lock_pid: int
+    #: locks this handle took over from dead processes
+    recoveries: int
+
+
+def _check_capacity(capacity: int) -> int:
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+    if capacity < MIN_CAPACITY:
+        raise ValueError(f"capacity must be at least {MIN_CAPACITY} bytes, not {capacity}")
+    if capacity > 2**48:
+        raise ValueError(f"capacity {capacity} is too large")
+    return (capacity + 7) & ~7
+
+
+def _check_timeout(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None:
+        return None
+    t = float(timeout)
+    if t != t or t < 0:
+        raise ValueError("timeout must be a non-negative number or None")
+    return t
+
+
+def _align(n: int) -> int:
+    return (n + _OOB_ALIGN - 1) & ~(_OOB_ALIGN - 1)
+
+
+def _encode(obj: Any) -> tuple[int, list[Any]]:
+    """Pickle obj; return (kind, parts) whose concatenation is the payload."""
+    raws: list[memoryview] = []
+
+    def out_of_band(pb: pickle.PickleBuffer) -> bool:
+        try:
+            raws.append(pb.raw())
+        except BufferError:  # not contiguous: let pickle copy it in-band
+            return True
+        return False
+
+    data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    if not raws:
+        return _KIND_PICKLE, [data]
+    # [u32 nbufs][u32 pickle_len][u64 len]*nbufs, pickle, then each buffer at
+    # a 16-byte boundary (from the payload start), so arrays come back aligned.
+    prefix = struct.pack(f"<II{len(raws)}Q", len(raws), len(data), *(r.nbytes for r in raws))
+    parts: list[Any] = [prefix, data]
+    at = len(prefix) + len(data)
+    for raw in raws:
+        pad = _align(at) - at
+        if pad:
+            parts.append(bytes(pad))
+        parts.append(raw)
+        at += pad + raw.nbytes
+    return _KIND_PICKLE_OOB, parts
+
+
+def _decode(kind: int, payload: Union[bytes, bytearray]) -> Any:
+    if kind == _KIND_PICKLE:
+        return pickle.loads(payload)
+    if kind == _KIND_BYTES:
+        return payload
+    if kind != _KIND_PICKLE_OOB:
+        raise FormatError(f"channel record has unknown kind {kind}")
+    view = memoryview(payload)
+    try:
+        nbufs, plen = struct.unpack_from("<II", view)
+        lens = struct.unpack_from(f"<{nbufs}Q", view, 8)
+    except struct.error:
+        raise FormatError("channel record with out-of-band buffers is truncated") from None
+    at = 8 + 8 * nbufs
+    end = at + plen
+    if end > len(view):
+        raise FormatError("channel record's pickle runs past its end")
+    body = view[at:end]
+    buffers = []
+    at = end
+    for n in lens:
+        at = _align(at)
+        if at + n > len(view):
+            raise FormatError("channel record's buffer runs past its end")
+        buffers.append(view[at : at + n])
+        at += n
+    return pickle.loads(body, buffers=buffers)
+
+
+class Channel(_core.ChannelBase):
+    """A FIFO queue of messages between processes, in one segment.
+
+    * ``Channel(key, capacity)`` creates the channel or opens it (an existing
+      channel keeps its own capacity); ``Channel.create`` and ``Channel.open``
+      do one or the other.  ``capacity`` is the ring size in bytes; each
+      message takes 8 bytes of header plus its payload rounded up to 8.
+    * ``put``/``get`` carry Python objects (pickle protocol 5);
+      ``put_bytes``/``get_bytes``/``recv_into`` carry raw bytes;
+      ``put_many``/``get_many`` (and their ``_bytes`` forms) move batches.
+    * ``block``/``timeout`` behave as in ``queue.Queue``: ``timeout=None``
+      waits forever; ``queue.Full``/``queue.Empty`` when it gives up.
+    * A message larger than ``max_message_size`` raises ValueError at once.
+
+    Lifetime: ``close()`` detaches and, if this handle created the segment
+    (``owner``), removes it; ``with`` calls close().
+    """
+
+    _shm: Optional[SharedMemory] = None
+    key: int = 0
+    id: int = -1
+    created: bool = False
+
+    def __init__(
+        self, key: Key, capacity: int, *, mode: int = 0o600, trust: bool = False
+    ) -> None:
+        nkey = normalize_key(key)
+        cap = _check_capacity(capacity)
+        check_mode_arg(mode)
+        size = _core.CHANNEL_HEADER_SIZE + cap
+        for _ in range(CREATE_OR_OPEN_ATTEMPTS):
+            try:
+                shm = SharedMemory.create(nkey, size, mode=mode)
+            except ExistsError:
+                try:
+                    shm = SharedMemory.open(nkey, mode=mode, trust=trust)
+                except (NotFoundError, RemovedError):
+                    continue
+            self._setup(shm)
+            return
+        raise ExistsError(
+            f"channel key={format_key(nkey)} kept appearing and disappearing while being "
+            "opened; another process is racing on this key", key=nkey,
+        )
+
+    @classmethod
+    def create(cls, key: Key, capacity: int, *, mode: int = 0o600) -> "Channel":
+        """Create a new channel (ExistsError if the key is taken)."""
+        cap = _check_capacity(capacity)
+        shm = SharedMemory.create(key, _core.CHANNEL_HEADER_SIZE + cap, mode=mode)
+        self = cls.__new__(cls)
+        self._setup(shm)
+        return self
+
+    @classmethod
+    def open(cls, key: int, *, mode: int = 0o600, trust: bool = False) -> "Channel":
+        """Open an existing channel.  NotFoundError if the key does not exist,
+        FormatError if the segment is not a channel, ForeignObjectError if it
+        belongs to someone else (unless trust)."""
+        shm = SharedMemory.open(key, mode=mode, trust=trust)
+        self = cls.__new__(cls)
+        self._setup(shm)
+        return self
+
+    @classmethod
+    def from_id(cls, shmid: int) -> "Channel":
+        """Open the channel in the segment with this id."""
+        shm = SharedMemory.from_id(shmid)
+        self = cls.__new__(cls)
+        self._setup(shm)
+        return self
+
+    def _setup(self, shm: SharedMemory) -> None:
+        try:
+            seg = shm._attached()
+            if not self._attach(seg, shm.created):
+                deadline = time.monotonic() + READY_WAIT
+                while not self._attach(seg, False):
+                    if time.monotonic() > deadline:
+                        raise FormatError(
+                            f"segment key={format_key(shm.key)} id={shm.id} has no Channel "
+                            "header (its creator did not initialise it)",
+                            key=shm.key, id=shm.id,
+                        )
+                    time.sleep(0.001)
+        except BaseException:
+            shm.close()
+            raise
+        self._shm = shm
+        self.key = shm.key
+        self.id = shm.id
+        self.created = shm.created
+
+    # -- objects -------------------------------------------------------------
+
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put a Python object (pickled, protocol 5, buffers out-of-band)."""
+        kind, parts = _encode(obj)
+        self._put_parts(kind, parts, block, timeout)
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """Remove and return the oldest message as an object (a raw-bytes
+        message comes back as bytes)."""
+        kind, payload = self._get_record(block, timeout)
+        return _decode(kind, payload)
+
+    def put_nowait(self, obj: Any) -> None:
+        """put(obj, block=False)."""
+        self.put(obj, False)
+
+    def get_nowait(self) -> Any:
+        """get(block=False)."""
+        return self.get(False)
+
+    def put_many(
+        self, objs: Iterable[Any], block: bool = True, timeout: Optional[float] = None
+    ) -> None:
+        """Put several objects, committed all at once (their total size must
+        fit the capacity).  Buffers are pickled in-band here."""
+        self._put_records(_KIND_PICKLE, [pickle.dumps(o, protocol=5) for o in objs], block,
+                          timeout)
+
+    def get_many(
+        self,
+        max_messages: Optional[int] = None,
+        block: bool = True,
+        timeout: Optional[float] = None,
+    ) -> list[Any]:
+        """Remove and return up to ``max_messages`` objects (at least one)."""
+        return [_decode(k, p) for k, p in self._get_records(max_messages, block, timeout)]
+
+    # -- asyncio -------------------------------------------------------------
+
+    async def get_async(self, timeout: Optional[float] = None) -> Any:
+        """Await the next object without blocking the event loop.  Raises
+        queue.Empty if ``timeout`` expires."""
+        loop = asyncio.get_running_loop()
+        t = _check_timeout(timeout)
+        deadline = None if t is None else loop.time() + t
+        while True:
+            try:
+                return self.get(False)
+            except queue.Empty:
+                pass
+            wait = _ASYNC_SLICE if deadline is None else min(_ASYNC_SLICE, deadline - loop.time())
+            if wait <= 0:
+                raise queue.Empty
+            await loop.run_in_executor(None, self._wait_readable, wait)
+
+    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """Await room and put ``obj`` without blocking the event loop.  Raises
+        queue.Full if ``timeout`` expires."""
+        loop = asyncio.get_running_loop()
+        t = _check_timeout(timeout)
+        deadline = None if t is None else loop.time() + t
+        kind, parts = _encode(obj)
+        nbytes = sum(memoryview(p).nbytes for p in parts)
+        while True:
+            try:
+                self._put_parts(kind, parts, False)
+                return
+            except queue.Full:
+                pass
+            wait = _ASYNC_SLICE if deadline is None else min(_ASYNC_SLICE, deadline - loop.time())
+            if wait <= 0:
+                raise queue.Full
+            await loop.run_in_executor(None, self._wait_writable, nbytes, wait)
+
+    # -- state and lifetime --------------------------------------------------
+
+    def stats(self) -> ChannelStats:
+        """A snapshot of the header counters."""
+        s = self._stats()
+        return ChannelStats(
+            capacity=s["capacity"], used=s["used"], messages=s["messages"],
+            put_count=s["put_count"], get_count=s["get_count"],
+            consumers_waiting=bool(s["consumers_waiting"]),
+            producers_waiting=bool(s["producers_waiting"]),
+            producer_lock_pid=s["producer_lock_pid"], consumer_lock_pid=s["consumer_lock_pid"],
+            recoveries=s["recoveries"],
+        )
+
+    @property
+    def owner(self) -> bool:
+        """True when this handle created the segment: close() then removes it."""
+        return self._shm is not None and self._shm.owner
+
+    @owner.setter
+    def owner(self, value: bool) -> None:
+        if self._shm is not None:
+            self._shm.owner = value
+
+    @property
+    def closed(self) -> bool:
+        return self._shm is None or self._shm.closed
+
+    def remove(self) -> None:
+        """Mark the segment for removal (IPC_RMID); attached processes keep
+        using it until they detach."""
+        if self._shm is not None:
+            self._shm.remove()
+
+    def close(self) -> None:
+        """Detach, and remove the segment if this handle owns it."""
+        self._detach_core()
+        if self._shm is not None:
+            self._shm.close()
+
+    def __enter__(self) -> "Channel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        return (Channel.from_id, (self.id,))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"capacity={self.capacity}"
+        return f"<Channel key={format_key(self.key)} id={self.id} {state}>"

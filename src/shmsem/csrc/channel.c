@@ -1,0 +1,1195 @@
+/* Channel: a multi-producer, multi-consumer FIFO of variable-size messages
+ * in one shared memory segment.  Layout and ordering rules: layout.h and
+ * docs/protocol.md.
+ *
+ * Producers serialise on the producer lock, consumers on the consumer lock;
+ * between the two sides the ring is a single-producer single-consumer queue
+ * synchronised by the release store of tail (producers) and head
+ * (consumers).  A message becomes visible only when tail moves past it, so a
+ * producer killed mid-copy leaves nothing behind; a consumer killed mid-copy
+ * has not moved head, so the message stays for the next consumer.  Both locks
+ * are taken over when their holder dies (plock.c).
+ *
+ * Rules that keep this safe against a hostile or crashed peer:
+ *  - the capacity used for every bound is this handle's private copy, checked
+ *    against the segment size at attach time, never re-read;
+ *  - head, tail and each record length are read once, validated against the
+ *    capacity, and only then used; a violation raises FormatError;
+ *  - nothing runs Python code while a lock is held (only bytes/bytearray are
+ *    allocated, and they are not tracked by the garbage collector), so a
+ *    finalizer can never re-enter a lock its own thread holds.
+ */
+#include "layout.h"
+
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+
+/* ------------------------------------------------------------------------ */
+/* Helpers shared with mailbox.c. */
+
+int
+ss_check_common(SegmentObject *seg, uint64_t magic, size_t header_size, const char *what,
+                int *ready_out)
+{
+    char *base = ss_segment_addr(seg);
+    if (base == NULL)
+        return -1;
+    *ready_out = 0;
+    if ((size_t)seg->size < header_size)
+        return ss_raise_format(seg->state, seg->shmid,
+                               "segment of %zd bytes is too small to hold a %s", seg->size,
+                               what),
+               -1;
+    ss_common_header *c = (ss_common_header *)base;
+    uint64_t m = atomic_load_explicit(&c->magic, memory_order_acquire);
+    if (m == 0)
+        return 0; /* the creator has not finished initialising */
+    if (m != magic)
+        return ss_raise_format(seg->state, seg->shmid, "segment is not a shmsem %s (bad magic)",
+                               what),
+               -1;
+    if (c->version != SS_LAYOUT_VERSION)
+        return ss_raise_format(seg->state, seg->shmid,
+                               "%s layout version %u is not supported (this is %d)", what,
+                               c->version, SS_LAYOUT_VERSION),
+               -1;
+    *ready_out = 1;
+    return 0;
+}
+
+static int ncpus_allowed(void);
+
+int
+ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t *event,
+              _Atomic uint32_t *waiting, const ss_deadline *dl, ss_spin *spin)
+{
+    if (ready(ctx))
+        return 1;
+    if (!dl->infinite && ss_remaining_ns(dl) == 0)
+        return 0;
+    int single_cpu = ncpus_allowed() <= 1;
+    int result = 0;
+
+    seg->busy++;
+    PyThreadState *ts = PyEval_SaveThread();
+
+    /* Spin: the peer is probably busy producing or consuming right now, and a
+     * cache-line hand-off costs far less than a scheduler wake-up.  When the
+     * peer can only be on our CPU, yield to it instead of spinning. */
+    int64_t start = ss_now_ns();
+    int64_t budget = spin->spin_ns;
+    int64_t left = ss_remaining_ns(dl);
+    if (left < budget)
+        budget = left;
+    int got = 0;
+    for (unsigned i = 0;; i++) {
+        if (ready(ctx)) {
+            got = 1;
+            break;
+        }
+        if (single_cpu || (i & 31) == 31) {
+            sched_yield();
+        } else {
+            for (int k = 0; k < 8; k++)
+                ss_cpu_relax();
+        }
+        if ((i & 7) == 7 && ss_now_ns() - start >= budget)
+            break;
+    }
+    int64_t waited = ss_now_ns() - start;
+    if (got) {
+        /* Worked: allow twice what it took, within bounds. */
+        int64_t want = 2 * waited;
+        if (want > spin->spin_ns)
+            spin->spin_ns = want > SS_SPIN_MAX_NS ? SS_SPIN_MAX_NS : want;
+        result = 1;
+        goto done;
+    }
+    spin->spin_ns /= 2;
+    if (spin->spin_ns < SS_SPIN_MIN_NS)
+        spin->spin_ns = SS_SPIN_MIN_NS;
+
+    /* Sleep on the futex, registered in `waiting`, in bounded slices. */
+    for (;;) {
+        uint32_t e = atomic_load(event);
+        atomic_store(waiting, 1);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (ready(ctx)) {
+            result = 1;
+            break;
+        }
+        int64_t slice = SS_SLEEP_SLICE_NS;
+        if (!dl->infinite) {
+            int64_t rem = ss_remaining_ns(dl);
+            if (rem == 0) {
+                result = 0;
+                break;
+            }
+            if (rem < slice)
+                slice = rem;
+        }
+        if (ss_futex_wait(event, e, slice) < 0 && errno == EINTR) {
+            PyEval_RestoreThread(ts);
+            if (PyErr_CheckSignals() < 0) {
+                seg->busy--;
+                return -1;
+            }
+            ts = PyEval_SaveThread();
+        }
+        if (ready(ctx)) {
+            result = 1;
+            break;
+        }
+    }
+done:
+    PyEval_RestoreThread(ts);
+    seg->busy--;
+    return result;
+}
+
+/* Number of CPUs this process may run on, refreshed now and then because
+ * affinity can change at run time. */
+static int
+ncpus_allowed(void)
+{
+    static _Thread_local int cached = 0;
+    static _Thread_local unsigned calls = 0;
+    if (cached == 0 || (++calls & 1023) == 0) {
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof set, &set) == 0)
+            cached = CPU_COUNT(&set);
+        else
+            cached = 2;
+        if (cached < 1)
+            cached = 1;
+    }
+    return cached;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The Channel object. */
+
+typedef struct {
+    PyObject_HEAD
+    ss_state *state;
+    SegmentObject *seg;         /* NULL until _attach */
+    uint64_t capacity;          /* private copy, validated at attach */
+    uint64_t cached_head;       /* lower bounds of the other side's counter */
+    uint64_t cached_tail;
+    ss_spin spin_get;
+    ss_spin spin_put;
+    uint64_t recoveries;        /* locks taken over from dead holders */
+    PyObject *weakreflist;
+} ChannelObject;
+
+#define MAX_PAYLOAD(self) ((self)->capacity - SS_RECORD_HEADER)
+
+static inline uint64_t
+record_size(uint64_t payload)
+{
+    return SS_RECORD_HEADER + ((payload + 7) & ~(uint64_t)7);
+}
+
+/* The mapped header, or NULL with ClosedError set. */
+static ss_channel_header *
+channel_header(ChannelObject *self)
+{
+    if (self->seg == NULL) {
+        ss_raise_closed(self->state, "channel is not attached");
+        return NULL;
+    }
+    return (ss_channel_header *)ss_segment_addr(self->seg);
+}
+
+static inline char *
+ring_of(ss_channel_header *h)
+{
+    return (char *)h + SS_CHANNEL_HEADER_SIZE;
+}
+
+static void
+ring_write(ChannelObject *self, char *ring, uint64_t pos, const void *src, uint64_t n)
+{
+    uint64_t p = pos % self->capacity;
+    uint64_t first = self->capacity - p;
+    if (first > n)
+        first = n;
+    ss_copy(self->seg, ring + p, src, first);
+    if (n > first)
+        ss_copy(self->seg, ring, (const char *)src + first, n - first);
+}
+
+static void
+ring_read(ChannelObject *self, const char *ring, uint64_t pos, void *dst, uint64_t n)
+{
+    uint64_t p = pos % self->capacity;
+    uint64_t first = self->capacity - p;
+    if (first > n)
+        first = n;
+    ss_copy(self->seg, dst, ring + p, first);
+    if (n > first)
+        ss_copy(self->seg, (char *)dst + first, ring, n - first);
+}
+
+/* Even a non-blocking call waits this long for a lock: a peer holds it only
+ * while copying, so "locked" must not be reported as "full" or "empty". */
+#define NOWAIT_LOCK_NS 50000000LL
+
+static int
+lock_side(ChannelObject *self, ss_plock *lk, int blocking, const ss_deadline *dl)
+{
+    if (ss_plock_try(lk) == SS_LOCK_OK)
+        return SS_LOCK_OK;
+    ss_deadline brief;
+    if (!blocking) {
+        brief.infinite = 0;
+        brief.deadline_ns = ss_now_ns() + NOWAIT_LOCK_NS;
+        dl = &brief;
+    }
+    self->seg->busy++;
+    int r = ss_plock_acquire(lk, dl);
+    self->seg->busy--;
+    if (r == SS_LOCK_RECOVERED) {
+        self->recoveries++;
+        r = SS_LOCK_OK;
+    }
+    return r;
+}
+
+static void
+raise_corrupt(ChannelObject *self, const char *what, uint64_t a, uint64_t b)
+{
+    ss_raise_format(self->state, self->seg->shmid,
+                    "channel is corrupt: %s (%llu, %llu; capacity %llu)", what,
+                    (unsigned long long)a, (unsigned long long)b,
+                    (unsigned long long)self->capacity);
+}
+
+/* ---- producing ---------------------------------------------------------- */
+
+typedef struct {
+    ChannelObject *self;
+    ss_channel_header *h;
+    uint64_t need;
+} space_ctx;
+
+static int
+has_space(void *p)
+{
+    space_ctx *c = p;
+    uint64_t t = atomic_load_explicit(&c->h->tail, memory_order_acquire);
+    uint64_t hd = atomic_load_explicit(&c->h->head, memory_order_acquire);
+    uint64_t used = t - hd;
+    /* Inconsistent snapshots and corruption count as "go and look". */
+    return used > c->self->capacity || c->self->capacity - used >= c->need;
+}
+
+static int
+has_data(void *p)
+{
+    ss_channel_header *h = p;
+    return atomic_load_explicit(&h->tail, memory_order_acquire) !=
+           atomic_load_explicit(&h->head, memory_order_acquire);
+}
+
+/* Append records.  parts[i] are the payload pieces; record r consists of
+ * parts [first[r], first[r+1]).  All records are committed at once.
+ * Returns 1 done, 0 no room (not blocking, or timed out), -1 error. */
+static int
+channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ssize_t *first,
+            Py_ssize_t nrec, int blocking, const ss_deadline *dl)
+{
+    uint64_t need = 0;
+    for (Py_ssize_t r = 0; r < nrec; r++) {
+        uint64_t len = 0;
+        for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
+            len += (uint64_t)parts[i].len;
+        if (len > MAX_PAYLOAD(self) || len > UINT32_MAX) {
+            PyErr_Format(PyExc_ValueError,
+                         "message of %llu bytes is larger than this channel can ever hold "
+                         "(max_message_size is %llu)",
+                         (unsigned long long)len,
+                         (unsigned long long)(MAX_PAYLOAD(self) < UINT32_MAX ? MAX_PAYLOAD(self)
+                                                                            : UINT32_MAX));
+            return -1;
+        }
+        need += record_size(len);
+    }
+    if (need > self->capacity) {
+        PyErr_Format(PyExc_ValueError,
+                     "batch of %zd messages needs %llu bytes, more than the channel's "
+                     "capacity of %llu",
+                     nrec, (unsigned long long)need, (unsigned long long)self->capacity);
+        return -1;
+    }
+
+    for (;;) {
+        ss_channel_header *h = channel_header(self);
+        if (h == NULL)
+            return -1;
+        int lr = lock_side(self, &h->prod_lock, blocking, dl);
+        if (lr == SS_LOCK_ERROR)
+            return -1;
+        if (lr == SS_LOCK_TIMEOUT)
+            return 0;
+
+        uint64_t t = atomic_load_explicit(&h->tail, memory_order_relaxed);
+        uint64_t hd = self->cached_head;
+        if (t - hd > self->capacity || self->capacity - (t - hd) < need) {
+            hd = atomic_load_explicit(&h->head, memory_order_acquire);
+            self->cached_head = hd;
+        }
+        if ((t & 7) || t - hd > self->capacity) {
+            ss_plock_release(&h->prod_lock);
+            raise_corrupt(self, "tail and head are inconsistent", t, hd);
+            return -1;
+        }
+        if (self->capacity - (t - hd) >= need) {
+            char *ring = ring_of(h);
+            uint64_t pos = t;
+            for (Py_ssize_t r = 0; r < nrec; r++) {
+                uint64_t len = 0;
+                for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
+                    len += (uint64_t)parts[i].len;
+                uint32_t rh[2] = {(uint32_t)len, (uint32_t)kinds[r]};
+                ring_write(self, ring, pos, rh, sizeof rh);
+                uint64_t at = pos + SS_RECORD_HEADER;
+                for (Py_ssize_t i = first[r]; i < first[r + 1]; i++) {
+                    ring_write(self, ring, at, parts[i].buf, (uint64_t)parts[i].len);
+                    at += (uint64_t)parts[i].len;
+                }
+                pos += record_size(len);
+            }
+            /* Commit: the release store makes the bytes visible before tail. */
+            atomic_store_explicit(&h->tail, pos, memory_order_release);
+            atomic_store_explicit(&h->put_count,
+                                  atomic_load_explicit(&h->put_count, memory_order_relaxed) +
+                                      (uint64_t)nrec,
+                                  memory_order_relaxed);
+            ss_plock_release(&h->prod_lock);
+            ss_wake_waiters(&h->data_event, &h->consumers_waiting);
+            return 1;
+        }
+        ss_plock_release(&h->prod_lock);
+        if (!blocking)
+            return 0;
+        space_ctx ctx = {self, h, need};
+        int w = ss_wait_until(self->seg, has_space, &ctx, &h->space_event,
+                              &h->producers_waiting, dl, &self->spin_put);
+        if (w <= 0)
+            return w;
+    }
+}
+
+/* ---- consuming ---------------------------------------------------------- */
+
+enum { TAKE_BYTES, TAKE_RECORD, TAKE_INTO };
+
+typedef struct {
+    int mode;
+    Py_ssize_t max;          /* messages to take at most */
+    Py_buffer *into;         /* TAKE_INTO */
+    PyObject *list;          /* batch: append here; else single result */
+    PyObject *result;        /* single: bytes (or bytearray for OOB records) */
+    int kind;                /* single: record kind */
+    Py_ssize_t nbytes;       /* TAKE_INTO: bytes copied */
+} take_req;
+
+/* Returns the number of messages taken (>= 1), 0 when empty, -1 error. */
+static int
+channel_take_locked(ChannelObject *self, ss_channel_header *h, take_req *req)
+{
+    char *ring = ring_of(h);
+    uint64_t hd = atomic_load_explicit(&h->head, memory_order_relaxed);
+    uint64_t t = self->cached_tail;
+    if (t == hd || t - hd > self->capacity) {
+        t = atomic_load_explicit(&h->tail, memory_order_acquire);
+        self->cached_tail = t;
+    }
+    if ((hd & 7) || t - hd > self->capacity) {
+        raise_corrupt(self, "tail and head are inconsistent", t, hd);
+        return -1;
+    }
+    Py_ssize_t taken = 0;
+    while (hd != t && taken < req->max) {
+        uint32_t rh[2];
+        ring_read(self, ring, hd, rh, sizeof rh);
+        uint64_t len = rh[0];
+        int kind = (int)(rh[1] & 0xff);
+        uint64_t rec = record_size(len);
+        if (rec > t - hd) {
+            raise_corrupt(self, "record runs past tail", len, t - hd);
+            goto fail;
+        }
+        PyObject *obj = NULL;
+        if (req->mode == TAKE_INTO) {
+            if ((uint64_t)req->into->len < len) {
+                PyErr_Format(PyExc_ValueError,
+                             "next message has %llu bytes, more than the %zd-byte buffer "
+                             "(it stays in the channel)",
+                             (unsigned long long)len, req->into->len);
+                goto fail;
+            }
+            ring_read(self, ring, hd + SS_RECORD_HEADER, req->into->buf, len);
+            req->nbytes = (Py_ssize_t)len;
+        } else {
+            if (req->mode == TAKE_RECORD && kind == SS_KIND_PICKLE_OOB) {
+                /* Out-of-band buffers become writable arrays: back them with
+                 * a bytearray. */
+                obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
+                if (obj != NULL)
+                    ring_read(self, ring, hd + SS_RECORD_HEADER, PyByteArray_AS_STRING(obj), len);
+            } else {
+                obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+                if (obj != NULL)
+                    ring_read(self, ring, hd + SS_RECORD_HEADER, PyBytes_AS_STRING(obj), len);
+            }
+            if (obj == NULL)
+                goto fail;
+        }
+        if (req->list != NULL) {
+            PyObject *item = obj;
+            if (req->mode == TAKE_RECORD) {
+                /* Appended as kind, payload; paired into tuples once the lock
+                 * is released, because creating a tuple (a GC-tracked object)
+                 * may run a collection and with it arbitrary finalizers. */
+                PyObject *k = PyLong_FromLong(kind);
+                if (k == NULL || PyList_Append(req->list, k) < 0) {
+                    Py_XDECREF(k);
+                    Py_DECREF(obj);
+                    goto fail;
+                }
+                Py_DECREF(k);
+            }
+            if (PyList_Append(req->list, item) < 0) {
+                Py_DECREF(obj);
+                goto fail;
+            }
+            Py_DECREF(obj);
+        } else {
+            req->result = obj;
+            req->kind = kind;
+        }
+        hd += rec;
+        taken++;
+    }
+    if (taken > 0) {
+        atomic_store_explicit(&h->head, hd, memory_order_release);
+        atomic_store_explicit(&h->get_count,
+                              atomic_load_explicit(&h->get_count, memory_order_relaxed) +
+                                  (uint64_t)taken,
+                              memory_order_relaxed);
+    }
+    return (int)taken;
+
+fail:
+    /* Commit what was already taken into the list; the failing record stays. */
+    if (taken > 0) {
+        atomic_store_explicit(&h->head, hd, memory_order_release);
+        atomic_store_explicit(&h->get_count,
+                              atomic_load_explicit(&h->get_count, memory_order_relaxed) +
+                                  (uint64_t)taken,
+                              memory_order_relaxed);
+    }
+    return -1;
+}
+
+/* Returns messages taken (>= 1), 0 when empty after waiting (or not
+ * blocking), -1 error. */
+static int
+channel_take(ChannelObject *self, take_req *req, int blocking, const ss_deadline *dl)
+{
+    for (;;) {
+        ss_channel_header *h = channel_header(self);
+        if (h == NULL)
+            return -1;
+        int lr = lock_side(self, &h->cons_lock, blocking, dl);
+        if (lr == SS_LOCK_ERROR)
+            return -1;
+        if (lr == SS_LOCK_TIMEOUT)
+            return 0;
+        int n = channel_take_locked(self, h, req);
+        ss_plock_release(&h->cons_lock);
+        if (n != 0) {
+            if (n > 0)
+                ss_wake_waiters(&h->space_event, &h->producers_waiting);
+            else if (req->list != NULL && PyList_GET_SIZE(req->list) > 0)
+                ss_wake_waiters(&h->space_event, &h->producers_waiting);
+            return n;
+        }
+        if (!blocking)
+            return 0;
+        int w = ss_wait_until(self->seg, has_data, h, &h->data_event, &h->consumers_waiting,
+                              dl, &self->spin_get);
+        if (w <= 0)
+            return w;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Python methods. */
+
+static PyObject *
+raise_empty(ChannelObject *self)
+{
+    PyErr_SetNone(self->state->queue_empty);
+    return NULL;
+}
+
+static PyObject *
+raise_full(ChannelObject *self)
+{
+    PyErr_SetNone(self->state->queue_full);
+    return NULL;
+}
+
+static const char *const put_names[] = {"data", "block", "timeout", NULL};
+static const char *const get_names[] = {"block", "timeout", NULL};
+
+static PyObject *
+put_one(ChannelObject *self, int kind, PyObject *data, int blocking, const ss_deadline *dl)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t first[2] = {0, 1};
+    int r = channel_put(self, &kind, &view, first, 1, blocking, dl);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        return raise_full(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_put_bytes(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    PyObject *a[3];
+    if (ss_parse_args("put_bytes", args, nargs, kwnames, put_names, 1, a) < 0)
+        return NULL;
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_block_timeout(a[1], a[2], &blocking, &dl) < 0)
+        return NULL;
+    return put_one(self, SS_KIND_BYTES, a[0], blocking, &dl);
+}
+
+static PyObject *
+channel_put_bytes_nowait(ChannelObject *self, PyObject *data)
+{
+    ss_deadline dl = {0, 0};
+    return put_one(self, SS_KIND_BYTES, data, 0, &dl);
+}
+
+static PyObject *
+take_one(ChannelObject *self, int mode, int blocking, const ss_deadline *dl)
+{
+    take_req req = {mode, 1, NULL, NULL, NULL, 0, 0};
+    int n = channel_take(self, &req, blocking, dl);
+    if (n < 0)
+        return NULL;
+    if (n == 0)
+        return raise_empty(self);
+    if (mode == TAKE_RECORD) {
+        PyObject *res = Py_BuildValue("(iN)", req.kind, req.result);
+        return res;
+    }
+    return req.result;
+}
+
+static PyObject *
+channel_get_bytes(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    int blocking = 1;
+    ss_deadline dl = {1, 0};
+    if (nargs || kwnames) {
+        PyObject *a[2];
+        if (ss_parse_args("get_bytes", args, nargs, kwnames, get_names, 0, a) < 0 ||
+            ss_parse_block_timeout(a[0], a[1], &blocking, &dl) < 0)
+            return NULL;
+    }
+    return take_one(self, TAKE_BYTES, blocking, &dl);
+}
+
+static PyObject *
+channel_get_bytes_nowait(ChannelObject *self, PyObject *unused)
+{
+    ss_deadline dl = {0, 0};
+    return take_one(self, TAKE_BYTES, 0, &dl);
+}
+
+static PyObject *
+channel_get_record(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames)
+{
+    PyObject *a[2];
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_args("_get_record", args, nargs, kwnames, get_names, 0, a) < 0 ||
+        ss_parse_block_timeout(a[0], a[1], &blocking, &dl) < 0)
+        return NULL;
+    return take_one(self, TAKE_RECORD, blocking, &dl);
+}
+
+static PyObject *
+channel_recv_into(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    static const char *const names[] = {"buffer", "block", "timeout", NULL};
+    PyObject *a[3];
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_args("recv_into", args, nargs, kwnames, names, 1, a) < 0 ||
+        ss_parse_block_timeout(a[1], a[2], &blocking, &dl) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    take_req req = {TAKE_INTO, 1, &view, NULL, NULL, 0, 0};
+    int n = channel_take(self, &req, blocking, &dl);
+    PyBuffer_Release(&view);
+    if (n < 0)
+        return NULL;
+    if (n == 0)
+        return raise_empty(self);
+    return PyLong_FromSsize_t(req.nbytes);
+}
+
+static Py_ssize_t
+parse_max_messages(PyObject *obj)
+{
+    if (obj == NULL || obj == Py_None)
+        return PY_SSIZE_T_MAX;
+    Py_ssize_t n = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "max_messages must be at least 1, not %zd", n);
+        return -1;
+    }
+    return n;
+}
+
+static PyObject *
+get_many(ChannelObject *self, int mode, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames, const char *fname)
+{
+    static const char *const names[] = {"max_messages", "block", "timeout", NULL};
+    PyObject *a[3];
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_args(fname, args, nargs, kwnames, names, 0, a) < 0 ||
+        ss_parse_block_timeout(a[1], a[2], &blocking, &dl) < 0)
+        return NULL;
+    Py_ssize_t max = parse_max_messages(a[0]);
+    if (max < 0)
+        return NULL;
+    /* Created before any lock is taken: a list is GC-tracked, and creating
+     * one may run a collection. */
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    take_req req = {mode, max, NULL, list, NULL, 0, 0};
+    int n = channel_take(self, &req, blocking, &dl);
+    if (n < 0) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    if (n == 0) {
+        Py_DECREF(list);
+        return raise_empty(self);
+    }
+    if (mode != TAKE_RECORD)
+        return list;
+    /* Pair up [kind, data, kind, data, ...] now that no lock is held. */
+    Py_ssize_t len = PyList_GET_SIZE(list) / 2;
+    PyObject *pairs = PyList_New(len);
+    if (pairs == NULL) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        PyObject *t = PyTuple_Pack(2, PyList_GET_ITEM(list, 2 * i), PyList_GET_ITEM(list, 2 * i + 1));
+        if (t == NULL) {
+            Py_DECREF(list);
+            Py_DECREF(pairs);
+            return NULL;
+        }
+        PyList_SET_ITEM(pairs, i, t);
+    }
+    Py_DECREF(list);
+    return pairs;
+}
+
+static PyObject *
+channel_get_many_bytes(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames)
+{
+    return get_many(self, TAKE_BYTES, args, nargs, kwnames, "get_many_bytes");
+}
+
+static PyObject *
+channel_get_records(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
+{
+    return get_many(self, TAKE_RECORD, args, nargs, kwnames, "_get_records");
+}
+
+/* Put several records from a sequence.  For put_many_bytes each item is one
+ * bytes-like record of kind BYTES; for _put_parts there is one record of the
+ * given kind made of all the items. */
+static PyObject *
+put_from_sequence(ChannelObject *self, PyObject *seqobj, int one_record, int kind, int blocking,
+                  const ss_deadline *dl)
+{
+    PyObject *seq = PySequence_Fast(seqobj, "expected a sequence of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n == 0) {
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    Py_buffer *views = PyMem_New(Py_buffer, (size_t)n);
+    Py_ssize_t *first = PyMem_New(Py_ssize_t, (size_t)n + 1);
+    int *kinds = PyMem_New(int, (size_t)n);
+    Py_ssize_t got = 0;
+    PyObject *result = NULL;
+    if (views == NULL || first == NULL || kinds == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0)
+            goto done;
+    }
+    Py_ssize_t nrec;
+    if (one_record) {
+        first[0] = 0;
+        first[1] = n;
+        kinds[0] = kind;
+        nrec = 1;
+    } else {
+        for (Py_ssize_t i = 0; i <= n; i++)
+            first[i] = i;
+        for (Py_ssize_t i = 0; i < n; i++)
+            kinds[i] = kind;
+        nrec = n;
+    }
+    int r = channel_put(self, kinds, views, first, nrec, blocking, dl);
+    if (r > 0)
+        result = Py_NewRef(Py_None);
+    else if (r == 0)
+        raise_full(self);
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(first);
+    PyMem_Free(kinds);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *
+channel_put_many_bytes(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames)
+{
+    static const char *const names[] = {"items", "block", "timeout", NULL};
+    PyObject *a[3];
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_args("put_many_bytes", args, nargs, kwnames, names, 1, a) < 0 ||
+        ss_parse_block_timeout(a[1], a[2], &blocking, &dl) < 0)
+        return NULL;
+    return put_from_sequence(self, a[0], 0, SS_KIND_BYTES, blocking, &dl);
+}
+
+static PyObject *
+channel_put_parts(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    static const char *const names[] = {"kind", "parts", "block", "timeout", NULL};
+    PyObject *a[4];
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_args("_put_parts", args, nargs, kwnames, names, 2, a) < 0 ||
+        ss_parse_block_timeout(a[2], a[3], &blocking, &dl) < 0)
+        return NULL;
+    long kind = PyLong_AsLong(a[0]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (kind < SS_KIND_BYTES || kind > SS_KIND_PICKLE_OOB) {
+        PyErr_Format(PyExc_ValueError, "unknown record kind %ld", kind);
+        return NULL;
+    }
+    return put_from_sequence(self, a[1], 1, (int)kind, blocking, &dl);
+}
+
+static PyObject *
+channel_put_records(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
+{
+    static const char *const names[] = {"kind", "items", "block", "timeout", NULL};
+    PyObject *a[4];
+    int blocking;
+    ss_deadline dl;
+    if (ss_parse_args("_put_records", args, nargs, kwnames, names, 2, a) < 0 ||
+        ss_parse_block_timeout(a[2], a[3], &blocking, &dl) < 0)
+        return NULL;
+    long kind = PyLong_AsLong(a[0]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (kind < SS_KIND_BYTES || kind > SS_KIND_PICKLE) {
+        PyErr_Format(PyExc_ValueError, "record kind %ld cannot be batched", kind);
+        return NULL;
+    }
+    return put_from_sequence(self, a[1], 0, (int)kind, blocking, &dl);
+}
+
+/* ---- waiting without consuming (asyncio) -------------------------------- */
+
+static PyObject *
+channel_wait_readable(ChannelObject *self, PyObject *timeout)
+{
+    ss_deadline dl;
+    if (ss_parse_timeout(timeout, &dl) < 0)
+        return NULL;
+    ss_channel_header *h = channel_header(self);
+    if (h == NULL)
+        return NULL;
+    int w = ss_wait_until(self->seg, has_data, h, &h->data_event, &h->consumers_waiting, &dl,
+                          &self->spin_get);
+    if (w < 0)
+        return NULL;
+    return PyBool_FromLong(w);
+}
+
+static PyObject *
+channel_wait_writable(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!ss_check_nargs("_wait_writable", nargs, 2, 2))
+        return NULL;
+    Py_ssize_t nbytes = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+    if (nbytes == -1 && PyErr_Occurred())
+        return NULL;
+    ss_deadline dl;
+    if (ss_parse_timeout(args[1], &dl) < 0)
+        return NULL;
+    ss_channel_header *h = channel_header(self);
+    if (h == NULL)
+        return NULL;
+    if (nbytes < 0 || (uint64_t)nbytes > MAX_PAYLOAD(self)) {
+        PyErr_SetString(PyExc_ValueError, "nbytes is outside what this channel can hold");
+        return NULL;
+    }
+    space_ctx ctx = {self, h, record_size((uint64_t)nbytes)};
+    int w = ss_wait_until(self->seg, has_space, &ctx, &h->space_event, &h->producers_waiting,
+                          &dl, &self->spin_put);
+    if (w < 0)
+        return NULL;
+    return PyBool_FromLong(w);
+}
+
+/* ---- state -------------------------------------------------------------- */
+
+static PyObject *
+channel_qsize(ChannelObject *self, PyObject *unused)
+{
+    ss_channel_header *h = channel_header(self);
+    if (h == NULL)
+        return NULL;
+    uint64_t g = atomic_load(&h->get_count);
+    uint64_t p = atomic_load(&h->put_count);
+    /* Approximate, like queue.Queue.qsize; never negative. */
+    return PyLong_FromUnsignedLongLong(p > g ? p - g : 0);
+}
+
+static PyObject *
+channel_empty(ChannelObject *self, PyObject *unused)
+{
+    ss_channel_header *h = channel_header(self);
+    if (h == NULL)
+        return NULL;
+    return PyBool_FromLong(!has_data(h));
+}
+
+static PyObject *
+channel_full(ChannelObject *self, PyObject *unused)
+{
+    ss_channel_header *h = channel_header(self);
+    if (h == NULL)
+        return NULL;
+    space_ctx ctx = {self, h, SS_RECORD_HEADER};
+    return PyBool_FromLong(!has_space(&ctx));
+}
+
+static PyObject *
+owner_pid(ss_plock *lk)
+{
+    uint64_t o = atomic_load(&lk->owner);
+    return PyLong_FromLong(o ? (long)(uint32_t)(o & 0xffffffffu) : 0);
+}
+
+static PyObject *
+channel_stats(ChannelObject *self, PyObject *unused)
+{
+    ss_channel_header *h = channel_header(self);
+    if (h == NULL)
+        return NULL;
+    uint64_t t = atomic_load(&h->tail), hd = atomic_load(&h->head);
+    uint64_t p = atomic_load(&h->put_count), g = atomic_load(&h->get_count);
+    return Py_BuildValue(
+        "{sKsKsKsKsKsKsKsIsIsNsNsK}", "capacity", (unsigned long long)self->capacity, "used",
+        (unsigned long long)(t - hd <= self->capacity ? t - hd : self->capacity), "head",
+        (unsigned long long)hd, "tail", (unsigned long long)t, "put_count",
+        (unsigned long long)p, "get_count", (unsigned long long)g, "messages",
+        (unsigned long long)(p > g ? p - g : 0), "consumers_waiting",
+        (unsigned)atomic_load(&h->consumers_waiting), "producers_waiting",
+        (unsigned)atomic_load(&h->producers_waiting), "producer_lock_pid",
+        owner_pid(&h->prod_lock), "consumer_lock_pid", owner_pid(&h->cons_lock), "recoveries",
+        (unsigned long long)self->recoveries);
+}
+
+/* ---- attach / init ------------------------------------------------------ */
+
+static PyObject *
+channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"segment", "create", NULL};
+    PyObject *segobj;
+    int create = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:_attach", kwlist, &segobj, &create))
+        return NULL;
+    if (!PyObject_TypeCheck(segobj, self->state->segment_type)) {
+        PyErr_SetString(PyExc_TypeError, "segment must be a shmsem._core.Segment");
+        return NULL;
+    }
+    if (self->seg != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "channel is already attached");
+        return NULL;
+    }
+    SegmentObject *seg = (SegmentObject *)segobj;
+    char *base = ss_segment_addr(seg);
+    if (base == NULL)
+        return NULL;
+    if (seg->readonly) {
+        return ss_raise(self->state, "readonly", 0, NULL, NULL, seg->shmid,
+                        "a Channel needs a writable attach (its locks live in the segment)");
+    }
+    ss_channel_header *h = (ss_channel_header *)base;
+    if (create) {
+        if (seg->size < SS_CHANNEL_HEADER_SIZE + 64) {
+            PyErr_Format(PyExc_ValueError, "segment of %zd bytes is too small for a channel",
+                         seg->size);
+            return NULL;
+        }
+        uint64_t cap = ((uint64_t)seg->size - SS_CHANNEL_HEADER_SIZE) & ~(uint64_t)7;
+        /* The segment is fresh (zero-filled) and not yet reachable by anyone
+         * who would trust it: magic is written last. */
+        memset(base, 0, SS_CHANNEL_HEADER_SIZE);
+        h->common.version = SS_LAYOUT_VERSION;
+        h->common.header_size = SS_CHANNEL_HEADER_SIZE;
+        h->common.capacity = cap;
+        h->common.cell_stride = 0;
+        h->common.creator_pid = (uint32_t)getpid();
+        atomic_store_explicit(&h->common.magic, SS_CHANNEL_MAGIC, memory_order_release);
+    }
+    int ready;
+    if (ss_check_common(seg, SS_CHANNEL_MAGIC, SS_CHANNEL_HEADER_SIZE, "Channel", &ready) < 0)
+        return NULL;
+    if (!ready)
+        Py_RETURN_FALSE; /* not initialised yet: the caller waits and retries */
+    uint64_t cap = h->common.capacity;
+    if (h->common.header_size != SS_CHANNEL_HEADER_SIZE || cap < 16 || (cap & 7) ||
+        cap > (uint64_t)seg->size - SS_CHANNEL_HEADER_SIZE)
+        return ss_raise_format(self->state, seg->shmid,
+                               "Channel header is corrupt: capacity %llu does not fit the "
+                               "%zd-byte segment",
+                               (unsigned long long)cap, seg->size);
+    self->seg = (SegmentObject *)Py_NewRef(segobj);
+    self->capacity = cap;
+    self->cached_head = atomic_load(&h->head);
+    self->cached_tail = atomic_load(&h->tail);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+channel_detach_core(ChannelObject *self, PyObject *unused)
+{
+    Py_CLEAR(self->seg);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_get_capacity(ChannelObject *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->capacity);
+}
+
+static PyObject *
+channel_get_max_message_size(ChannelObject *self, void *closure)
+{
+    uint64_t m = self->capacity ? MAX_PAYLOAD(self) : 0;
+    return PyLong_FromUnsignedLongLong(m > UINT32_MAX ? UINT32_MAX : m);
+}
+
+static PyObject *
+channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ss_state *st = ss_state_from_type(type);
+    if (st == NULL)
+        return NULL;
+    ChannelObject *self = (ChannelObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->state = st;
+    self->spin_get.spin_ns = SS_SPIN_START_NS;
+    self->spin_put.spin_ns = SS_SPIN_START_NS;
+    return (PyObject *)self;
+}
+
+static int
+channel_traverse(ChannelObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->seg);
+    return 0;
+}
+
+static int
+channel_clear(ChannelObject *self)
+{
+    Py_CLEAR(self->seg);
+    return 0;
+}
+
+static void
+channel_dealloc(ChannelObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    channel_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+#define CFUNC(f) ((PyCFunction)(void (*)(void))(f))
+
+static PyMethodDef channel_methods[] = {
+    {"put_bytes", CFUNC(channel_put_bytes), FASTKW,
+     "put_bytes($self, /, data, block=True, timeout=None)\n--\n\n"
+     "Append one message of raw bytes.  Waits for room while block is true;\n"
+     "raises queue.Full when there is none (not blocking, or timed out), and\n"
+     "ValueError at once for a message larger than max_message_size."},
+    {"put_bytes_nowait", (PyCFunction)channel_put_bytes_nowait, METH_O,
+     "put_bytes_nowait($self, data, /)\n--\n\nput_bytes(data, block=False)."},
+    {"get_bytes", CFUNC(channel_get_bytes), FASTKW,
+     "get_bytes($self, /, block=True, timeout=None)\n--\n\n"
+     "Remove and return the oldest message as bytes.  Raises queue.Empty when\n"
+     "there is none (not blocking, or timed out)."},
+    {"get_bytes_nowait", (PyCFunction)channel_get_bytes_nowait, METH_NOARGS,
+     "get_bytes_nowait($self, /)\n--\n\nget_bytes(block=False)."},
+    {"recv_into", CFUNC(channel_recv_into), FASTKW,
+     "recv_into($self, /, buffer, block=True, timeout=None)\n--\n\n"
+     "Copy the oldest message into a writable buffer; return its length.\n"
+     "A message larger than the buffer raises ValueError and stays queued."},
+    {"put_many_bytes", CFUNC(channel_put_many_bytes), FASTKW,
+     "put_many_bytes($self, /, items, block=True, timeout=None)\n--\n\n"
+     "Append several messages of raw bytes, committed all at once."},
+    {"get_many_bytes", CFUNC(channel_get_many_bytes), FASTKW,
+     "get_many_bytes($self, /, max_messages=None, block=True, timeout=None)\n--\n\n"
+     "Remove and return up to max_messages messages (at least one) as a list."},
+    {"_put_parts", CFUNC(channel_put_parts), FASTKW,
+     "_put_parts($self, /, kind, parts, block=True, timeout=None)\n--\n\n"
+     "Append one record of the given kind whose payload is the parts, joined."},
+    {"_put_records", CFUNC(channel_put_records), FASTKW,
+     "_put_records($self, /, kind, items, block=True, timeout=None)\n--\n\n"
+     "Append one record of the given kind per item, committed all at once."},
+    {"_get_record", CFUNC(channel_get_record), FASTKW,
+     "_get_record($self, /, block=True, timeout=None)\n--\n\n"
+     "Remove the oldest record; return (kind, payload)."},
+    {"_get_records", CFUNC(channel_get_records), FASTKW,
+     "_get_records($self, /, max_messages=None, block=True, timeout=None)\n--\n\n"
+     "Remove up to max_messages records; return [(kind, payload), ...]."},
+    {"_wait_readable", (PyCFunction)channel_wait_readable, METH_O,
+     "_wait_readable($self, timeout, /)\n--\n\n"
+     "Wait until a message is queued, without taking it.  Returns False on timeout."},
+    {"_wait_writable", CFUNC(channel_wait_writable), METH_FASTCALL,
+     "_wait_writable($self, nbytes, timeout, /)\n--\n\n"
+     "Wait until a message of nbytes would fit.  Returns False on timeout."},
+    {"qsize", (PyCFunction)channel_qsize, METH_NOARGS,
+     "qsize($self, /)\n--\n\nApproximate number of queued messages."},
+    {"empty", (PyCFunction)channel_empty, METH_NOARGS,
+     "empty($self, /)\n--\n\nWhether no message is queued (a snapshot)."},
+    {"full", (PyCFunction)channel_full, METH_NOARGS,
+     "full($self, /)\n--\n\nWhether not even an empty message would fit (a snapshot)."},
+    {"_stats", (PyCFunction)channel_stats, METH_NOARGS,
+     "_stats($self, /)\n--\n\nCounters from the header, as a dict."},
+    {"_attach", CFUNC(channel_attach), METH_VARARGS | METH_KEYWORDS,
+     "_attach($self, /, segment, create=False)\n--\n\n"
+     "Bind to a segment, initialising its header when create is true.  Returns\n"
+     "False if the header is not initialised yet."},
+    {"_detach_core", (PyCFunction)channel_detach_core, METH_NOARGS,
+     "_detach_core($self, /)\n--\n\nDrop the reference to the segment."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef channel_getset[] = {
+    {"capacity", (getter)channel_get_capacity, NULL, "ring size in bytes", NULL},
+    {"max_message_size", (getter)channel_get_max_message_size, NULL,
+     "the largest message that can ever be put", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef channel_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ChannelObject, weakreflist), READONLY},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot channel_slots[] = {
+    {Py_tp_new, channel_new},
+    {Py_tp_dealloc, channel_dealloc},
+    {Py_tp_traverse, channel_traverse},
+    {Py_tp_clear, channel_clear},
+    {Py_tp_methods, channel_methods},
+    {Py_tp_getset, channel_getset},
+    {Py_tp_members, channel_members},
+    {Py_tp_doc, "Base of shmsem.Channel: the ring buffer operations in C."},
+    {0, NULL},
+};
+
+PyType_Spec ss_channel_spec = {
+    .name = "shmsem._core.ChannelBase",
+    .basicsize = sizeof(ChannelObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = channel_slots,
+};
+
+int
+ss_channel_module_init(PyObject *module)
+{
+    ss_self_ident(); /* compute this process's lock identity once, up front */
+    PyObject *magic = PyLong_FromUnsignedLongLong(SS_CHANNEL_MAGIC);
+    if (magic == NULL)
+        return -1;
+    if (PyModule_AddObject(module, "CHANNEL_MAGIC", magic) < 0) {
+        Py_DECREF(magic);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "CHANNEL_HEADER_SIZE", SS_CHANNEL_HEADER_SIZE) < 0 ||
+        PyModule_AddIntConstant(module, "RECORD_HEADER_SIZE", SS_RECORD_HEADER) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_BYTES", SS_KIND_BYTES) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_PICKLE", SS_KIND_PICKLE) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_PICKLE_OOB", SS_KIND_PICKLE_OOB) < 0 ||
+        PyModule_AddIntConstant(module, "LAYOUT_VERSION", SS_LAYOUT_VERSION) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,163 @@
+/* On-memory layouts of Channel and Mailbox segments (version 1).
+ *
+ * docs/protocol.md is the normative description; this header is its C form,
+ * and the static asserts below pin every offset the document gives.  All
+ * integers are little-endian and naturally aligned.  Fields shared between
+ * processes are accessed only through C11 atomics.
+ */
+#ifndef SHMSEM_LAYOUT_H
+#define SHMSEM_LAYOUT_H
+
+#include "shmsem.h" /* first: it sets the feature macros */
+
+#include <stddef.h>
+
+#define SS_CACHELINE 64
+
+/* "SHMSEMCH" and "SHMSEMMB" read as little-endian u64. */
+#define SS_CHANNEL_MAGIC UINT64_C(0x484345534d484853)
+#define SS_MAILBOX_MAGIC UINT64_C(0x424d4d45534d4853)
+#define SS_LAYOUT_VERSION 1
+
+/* Record kinds (low 8 bits of a Channel record's flags word). */
+enum {
+    SS_KIND_BYTES = 1,       /* raw bytes: put_bytes */
+    SS_KIND_PICKLE = 2,      /* a pickle, protocol 5, no out-of-band buffers */
+    SS_KIND_PICKLE_OOB = 3,  /* a pickle with out-of-band buffers (see channel.py) */
+};
+
+/* Common prefix of both headers: the first cache line. */
+typedef struct {
+    _Atomic uint64_t magic;     /* written last by the creator (release) */
+    uint32_t version;
+    uint32_t header_size;       /* offset of the ring (Channel) or of cell 0 (Mailbox) */
+    uint64_t capacity;          /* ring bytes (Channel) or max value bytes (Mailbox) */
+    uint64_t cell_stride;       /* Mailbox: bytes from cell 0 to cell 1; Channel: 0 */
+    uint32_t creator_pid;
+    uint32_t reserved0;
+    uint64_t reserved[3];
+} ss_common_header;
+
+/* ---------------------------------------------------------------------- */
+/* Channel: a byte ring of variable-size records.
+ *
+ * tail and head are byte counts since creation (they only grow); the byte at
+ * stream offset x lives at ring[x % capacity].  A record is an 8-byte header
+ * {u32 length, u32 flags} followed by the payload, padded to a multiple of 8,
+ * and may wrap around the end of the ring.  Producers own tail (under the
+ * producer lock), consumers own head (under the consumer lock). */
+
+typedef struct {
+    ss_common_header common;                 /*   0 */
+
+    ss_plock prod_lock;                      /*  64 */
+    _Atomic uint64_t tail;                   /*  80 */
+    _Atomic uint64_t put_count;              /*  88 */
+    _Atomic uint32_t data_event;             /*  96  futex: consumers sleep here */
+    uint32_t reserved1;
+    uint64_t reserved2[3];
+
+    ss_plock cons_lock;                      /* 128 */
+    _Atomic uint64_t head;                   /* 144 */
+    _Atomic uint64_t get_count;              /* 152 */
+    _Atomic uint32_t space_event;            /* 160  futex: producers sleep here */
+    uint32_t reserved3;
+    uint64_t reserved4[3];
+
+    _Atomic uint32_t consumers_waiting;      /* 192  1 while a consumer sleeps */
+    _Atomic uint32_t producers_waiting;      /* 196  1 while a producer sleeps */
+    uint64_t reserved5[7];
+} ss_channel_header;                         /* 256: the ring starts here */
+
+#define SS_CHANNEL_HEADER_SIZE 256
+#define SS_RECORD_HEADER 8
+
+_Static_assert(sizeof(ss_plock) == 16, "plock layout");
+_Static_assert(sizeof(ss_common_header) == 64, "common header layout");
+_Static_assert(offsetof(ss_channel_header, prod_lock) == 64, "layout");
+_Static_assert(offsetof(ss_channel_header, tail) == 80, "layout");
+_Static_assert(offsetof(ss_channel_header, put_count) == 88, "layout");
+_Static_assert(offsetof(ss_channel_header, data_event) == 96, "layout");
+_Static_assert(offsetof(ss_channel_header, cons_lock) == 128, "layout");
+_Static_assert(offsetof(ss_channel_header, head) == 144, "layout");
+_Static_assert(offsetof(ss_channel_header, get_count) == 152, "layout");
+_Static_assert(offsetof(ss_channel_header, space_event) == 160, "layout");
+_Static_assert(offsetof(ss_channel_header, consumers_waiting) == 192, "layout");
+_Static_assert(offsetof(ss_channel_header, producers_waiting) == 196, "layout");
+_Static_assert(sizeof(ss_channel_header) == SS_CHANNEL_HEADER_SIZE, "layout");
+
+/* ---------------------------------------------------------------------- */
+/* Mailbox: two cells, each guarded by its own seqlock counter.  The writer
+ * always fills the cell that is *not* current, then publishes it by storing
+ * state = (seq << 1) | cell in one atomic write.  A writer that dies midway
+ * leaves an odd counter on the cell that is not current, so readers keep
+ * getting the last complete value. */
+
+typedef struct {
+    ss_common_header common;                 /*   0 */
+
+    ss_plock writer_lock;                    /*  64 */
+    _Atomic uint64_t state;                  /*  80  (seq << 1) | current cell */
+    _Atomic uint32_t event;                  /*  88  futex: wait() sleeps here */
+    _Atomic uint32_t waiting;                /*  92  1 while a reader sleeps */
+    uint64_t reserved[4];
+} ss_mailbox_header;                         /* 128: cell 0 starts here */
+
+typedef struct {
+    _Atomic uint64_t lock_seq;               /* +0  seqlock: odd while being written */
+    _Atomic uint64_t seq;                    /* +8  publish sequence number of the value */
+    _Atomic uint64_t length;                 /* +16 value length in bytes */
+    uint64_t reserved[5];
+} ss_mailbox_cell;                           /* 64: the value bytes follow */
+
+#define SS_MAILBOX_HEADER_SIZE 128
+#define SS_MAILBOX_CELL_HEADER 64
+
+_Static_assert(offsetof(ss_mailbox_header, writer_lock) == 64, "layout");
+_Static_assert(offsetof(ss_mailbox_header, state) == 80, "layout");
+_Static_assert(offsetof(ss_mailbox_header, event) == 88, "layout");
+_Static_assert(offsetof(ss_mailbox_header, waiting) == 92, "layout");
+_Static_assert(sizeof(ss_mailbox_header) == SS_MAILBOX_HEADER_SIZE, "layout");
+_Static_assert(sizeof(ss_mailbox_cell) == SS_MAILBOX_CELL_HEADER, "layout");
+
+/* ---------------------------------------------------------------------- */
+/* Waiting: an adaptive spin, then a futex sleep in bounded slices. */
+
+typedef struct {
+    int64_t spin_ns;       /* current spin budget; adapts between MIN and MAX */
+} ss_spin;
+
+#define SS_SPIN_MIN_NS 2000
+#define SS_SPIN_MAX_NS 100000
+#define SS_SPIN_START_NS 20000
+/* A sleeper re-checks at least this often, so that a wake-up lost to a
+ * process killed between its commit and its wake only delays, never hangs. */
+#define SS_SLEEP_SLICE_NS 100000000LL
+
+typedef int (*ss_ready_fn)(void *ctx);
+
+/* Wait, with the GIL released, until ready(ctx) is true, the deadline passes
+ * or a signal handler raises.  Sleepers register in *waiting and sleep on
+ * *event.  Returns 1 ready, 0 timed out, -1 with an exception set. */
+int ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t *event,
+                  _Atomic uint32_t *waiting, const ss_deadline *dl, ss_spin *spin);
+
+/* The other side: after publishing, wake sleepers if any registered. */
+static inline void
+ss_wake_waiters(_Atomic uint32_t *event, _Atomic uint32_t *waiting)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(waiting, memory_order_relaxed) &&
+        atomic_exchange(waiting, 0)) {
+        atomic_fetch_add(event, 1);
+        ss_futex_wake(event, INT32_MAX);
+    }
+}
+
+/* Validate the common header of a segment.  Returns 0, or -1 with
+ * FormatError set.  *ready_out is 0 when the magic is still zero (the creator
+ * has not finished). */
+int ss_check_common(SegmentObject *seg, uint64_t magic, size_t header_size, const char *what,
+                    int *ready_out);
+
+#endif
