@@ -290,9 +290,13 @@ def cleanup(stack: contextlib.ExitStack, remove: Callable[[], object], what: str
 
 
 
-def sysv_objects() -> set[tuple[str, int, int]]:
-    """(kind, key, id) of every System V object in this IPC namespace.  Other
-    processes' objects are included: compare snapshots, and filter by key."""
+SHM_DEST = 0o1000  # in a segment's mode: removed, gone once the last process detaches
+
+
+def sysv_objects() -> set[tuple[str, int, int, int, int]]:
+    """(kind, key, id, mode, creator pid) of every System V object in this IPC
+    namespace, other processes' included.  Only segments record their
+    creator; the pid is 0 for semaphore sets and message queues."""
     found = set()
     for kind in ("shm", "sem", "msg"):
         try:
@@ -301,9 +305,27 @@ def sysv_objects() -> set[tuple[str, int, int]]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 1:
-                found.add((kind, int(fields[0]), int(fields[1])))
+            if len(fields) > 4:
+                cpid = int(fields[4]) if kind == "shm" else 0
+                found.add((kind, int(fields[0]), int(fields[1]), int(fields[2], 8), cpid))
     return found
+
+
+def new_private_objects(before: set[tuple[str, int, int, int, int]]) -> list[tuple[str, int]]:
+    """IPC_PRIVATE objects made since ``before`` that are still there.  On a
+    shared machine other processes make them too, so this leaves out segments
+    already removed (a removed segment shows key 0 while still attached) and
+    segments whose creator is another process that is still running."""
+    me = os.getpid()
+    left = []
+    for kind, key, ident, mode, cpid in sorted(sysv_objects() - before):
+        if key != 0:
+            continue
+        if kind == "shm" and (mode & SHM_DEST or
+                              (cpid != me and Path(f"/proc/{cpid}").exists())):
+            continue
+        left.append((kind, ident))
+    return left
 
 
 # ---------------------------------------------------------------------------

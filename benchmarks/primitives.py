@@ -607,17 +607,17 @@ def main() -> int:
 
     # Everything this script makes is IPC_PRIVATE (key 0); keyed objects that
     # came and went meanwhile belong to someone else.
-    leaked = {o for o in C.sysv_objects() - before if o[1] == 0}
+    leaked = C.new_private_objects(before)
     if args.json:
         C.write_json(args.json, {
             "machine": info, "trials": trials, "trial_time": trial_time,
             "pair": pair, "pingpong": pp, "frame": frame, "syscalls": sysc,
             "pingpong_syscalls": pp_sysc,
-            "verdicts": verdicts, "leaked": sorted(leaked),
+            "verdicts": verdicts, "leaked": leaked,
         })
     if leaked:
         log("LEAK? IPC_PRIVATE objects that appeared during the run and are still there "
-            f"(another process may have made them): {sorted(leaked)}")
+            f"(another process may have made them): {leaked}")
         return 1
     return 0
 
