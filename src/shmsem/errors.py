@@ -241,7 +241,7 @@ def _from_core(
     """Factory called by the C core for every error it raises."""
     if kind == "os":
         return from_errno(err, syscall, key, id, detail)
-    ctx = _context(syscall, key, id)
+    ctx = _context(syscall or "segment", key, id)
     message = f"{ctx}: {detail}" if (key is not None or id is not None or syscall) else str(detail)
     if kind == "closed":
         return ClosedError(message, syscall=syscall, key=key, id=id)

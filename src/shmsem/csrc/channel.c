@@ -37,7 +37,7 @@ ss_check_common(SegmentObject *seg, uint64_t magic, size_t header_size, const ch
         return -1;
     *ready_out = 0;
     if ((size_t)seg->size < header_size)
-        return ss_raise_format(seg->state, seg->shmid,
+        return ss_raise_format(seg,
                                "segment of %zd bytes is too small to hold a %s", seg->size,
                                what),
                -1;
@@ -46,11 +46,11 @@ ss_check_common(SegmentObject *seg, uint64_t magic, size_t header_size, const ch
     if (m == 0)
         return 0; /* the creator has not finished initialising */
     if (m != magic)
-        return ss_raise_format(seg->state, seg->shmid, "segment is not a shmsem %s (bad magic)",
+        return ss_raise_format(seg, "segment is not a shmsem %s (bad magic)",
                                what),
                -1;
     if (c->version != SS_LAYOUT_VERSION)
-        return ss_raise_format(seg->state, seg->shmid,
+        return ss_raise_format(seg,
                                "%s layout version %u is not supported (this is %d)", what,
                                c->version, SS_LAYOUT_VERSION),
                -1;
@@ -260,7 +260,7 @@ lock_side(ChannelObject *self, ss_plock *lk, int blocking, const ss_deadline *dl
 static void
 raise_corrupt(ChannelObject *self, const char *what, uint64_t a, uint64_t b)
 {
-    ss_raise_format(self->state, self->seg->shmid,
+    ss_raise_format(self->seg,
                     "channel is corrupt: %s (%llu, %llu; capacity %llu)", what,
                     (unsigned long long)a, (unsigned long long)b,
                     (unsigned long long)self->capacity);
@@ -978,8 +978,8 @@ channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
     if (base == NULL)
         return NULL;
     if (seg->readonly) {
-        return ss_raise(self->state, "readonly", 0, NULL, NULL, seg->shmid,
-                        "a Channel needs a writable attach (its locks live in the segment)");
+        return ss_segment_raise(seg, "readonly",
+                                "a Channel needs a writable attach (its locks live in the segment)");
     }
     ss_channel_header *h = (ss_channel_header *)base;
     if (create) {
@@ -1007,7 +1007,7 @@ channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
     uint64_t cap = h->common.capacity;
     if (h->common.header_size != SS_CHANNEL_HEADER_SIZE || cap < 16 || (cap & 7) ||
         cap > (uint64_t)seg->size - SS_CHANNEL_HEADER_SIZE)
-        return ss_raise_format(self->state, seg->shmid,
+        return ss_raise_format(seg,
                                "Channel header is corrupt: capacity %llu does not fit the "
                                "%zd-byte segment",
                                (unsigned long long)cap, seg->size);

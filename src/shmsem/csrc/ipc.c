@@ -469,16 +469,22 @@ ipc_msgget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * the syscall's result with errno set.  Returns the result, or -1 with errno;
  * *async_err is set when a signal handler raised. */
 typedef ssize_t (*msg_attempt_fn)(void *ctx, int flags);
+/* Called once, with the GIL, before the first wait; -1 (exception set) aborts. */
+typedef int (*msg_before_wait_fn)(void *ctx);
 
 static ssize_t
-msg_call(msg_attempt_fn attempt, void *ctx, int blocking, const ss_deadline *dl,
-         int wouldblock_errno, int *async_err)
+msg_call(msg_attempt_fn attempt, msg_before_wait_fn before_wait, void *ctx, int blocking,
+         const ss_deadline *dl, int wouldblock_errno, int *async_err)
 {
     ssize_t rc = attempt(ctx, IPC_NOWAIT);  /* first try, GIL held */
     int err = errno;
     *async_err = 0;
     if (rc >= 0 || err != wouldblock_errno || !blocking)
         return rc;
+    if (before_wait != NULL && before_wait(ctx) < 0) {
+        *async_err = 1; /* an exception is set */
+        return -1;
+    }
     int64_t backoff = MSG_POLL_MIN_NS;
     for (;;) {
         if (!dl->infinite && ss_remaining_ns(dl) == 0) {
@@ -520,7 +526,31 @@ typedef struct {
     void *buf;
     size_t len;
     long type;
+    ss_state *st;
+    PyObject *key;
 } msg_ctx;
+
+/* The kernel would wait forever for room that can never exist when the
+ * message is larger than the queue itself, so refuse that before waiting. */
+static int
+check_fits_queue(void *p)
+{
+    msg_ctx *c = p;
+    struct msqid_ds ds;
+    if (msgctl(c->id, IPC_STAT, &ds) < 0) {
+        ss_raise_errno(c->st, "msgctl(IPC_STAT)", c->key, c->id);
+        return -1;
+    }
+    if (c->len > (size_t)ds.msg_qbytes) {
+        PyErr_Format(PyExc_ValueError,
+                     "message of %zu bytes can never fit queue id=%d, whose max_bytes is %lu "
+                     "(raise it with MessageQueue.max_bytes, up to kernel.msgmnb for non-root "
+                     "users)",
+                     c->len, c->id, (unsigned long)ds.msg_qbytes);
+        return -1;
+    }
+    return 0;
+}
 
 static ssize_t
 attempt_send(void *p, int flags)
@@ -569,26 +599,9 @@ ipc_msgsnd(PyObject *module, PyObject *args, PyObject *kwds)
     }
     memcpy(buf, &type, sizeof(long));
     memcpy(buf + sizeof(long), data.buf, (size_t)data.len);
-    msg_ctx ctx = {id, buf, (size_t)data.len, type};
-    if (blocking && attempt_send(&ctx, IPC_NOWAIT) < 0 && errno == EAGAIN) {
-        /* The kernel would wait forever for room that can never exist when the
-         * message is larger than the queue itself, so refuse that up front. */
-        struct msqid_ds ds;
-        if (msgctl(id, IPC_STAT, &ds) < 0) {
-            ss_raise_errno(st, "msgctl(IPC_STAT)", key, id);
-            goto done;
-        }
-        if ((size_t)data.len > (size_t)ds.msg_qbytes) {
-            PyErr_Format(PyExc_ValueError,
-                         "message of %zd bytes can never fit queue id=%d, whose max_bytes is "
-                         "%lu (raise it with MessageQueue.max_bytes, up to kernel.msgmnb "
-                         "for non-root users)",
-                         data.len, id, (unsigned long)ds.msg_qbytes);
-            goto done;
-        }
-    }
+    msg_ctx ctx = {id, buf, (size_t)data.len, type, st, key};
     int async_err;
-    ssize_t rc = msg_call(attempt_send, &ctx, blocking, &dl, EAGAIN, &async_err);
+    ssize_t rc = msg_call(attempt_send, check_fits_queue, &ctx, blocking, &dl, EAGAIN, &async_err);
     if (rc >= 0)
         result = Py_NewRef(Py_True);
     else if (async_err)
@@ -636,9 +649,9 @@ ipc_msgrcv(PyObject *module, PyObject *args, PyObject *kwds)
         char *buf = PyMem_Malloc(sizeof(long) + (size_t)bufsize);
         if (buf == NULL)
             return PyErr_NoMemory();
-        msg_ctx ctx = {id, buf, (size_t)bufsize, type};
+        msg_ctx ctx = {id, buf, (size_t)bufsize, type, st, key};
         int async_err;
-        ssize_t rc = msg_call(attempt_recv, &ctx, blocking, &dl, ENOMSG, &async_err);
+        ssize_t rc = msg_call(attempt_recv, NULL, &ctx, blocking, &dl, ENOMSG, &async_err);
         if (rc < 0 && !async_err && errno == E2BIG && bufsize < INT_MAX / 4) {
             /* The waiting message is larger than the buffer (MSGMAX was lowered
              * after it was sent): grow and try again.  Never truncate. */

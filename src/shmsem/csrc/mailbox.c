@@ -113,7 +113,7 @@ mailbox_read_value(MailboxObject *self, ss_mailbox_header *h)
         if (len > self->capacity) {
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&cell->lock_seq, memory_order_relaxed) == s1) {
-                ss_raise_format(self->state, self->seg->shmid,
+                ss_raise_format(self->seg,
                                 "mailbox is corrupt: value length %llu exceeds capacity %llu",
                                 (unsigned long long)len, (unsigned long long)self->capacity);
                 goto fail;
@@ -253,8 +253,8 @@ mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
     if (base == NULL)
         return NULL;
     if (seg->readonly)
-        return ss_raise(self->state, "readonly", 0, NULL, NULL, seg->shmid,
-                        "a Mailbox needs a writable attach (its lock lives in the segment)");
+        return ss_segment_raise(seg, "readonly",
+                                "a Mailbox needs a writable attach (its lock lives in the segment)");
     ss_mailbox_header *h = (ss_mailbox_header *)base;
     if (create) {
         uint64_t stride = stride_for(capacity);
@@ -282,7 +282,7 @@ mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
     if (h->common.header_size != SS_MAILBOX_HEADER_SIZE || (stride & 63) ||
         stride < SS_MAILBOX_CELL_HEADER || cap > stride - SS_MAILBOX_CELL_HEADER ||
         stride > ((uint64_t)seg->size - SS_MAILBOX_HEADER_SIZE) / 2)
-        return ss_raise_format(self->state, seg->shmid,
+        return ss_raise_format(seg,
                                "Mailbox header is corrupt: capacity %llu and cell stride %llu "
                                "do not fit the %zd-byte segment",
                                (unsigned long long)cap, (unsigned long long)stride, seg->size);

@@ -81,14 +81,14 @@ ss_raise_closed(ss_state *st, const char *what)
 }
 
 PyObject *
-ss_raise_format(ss_state *st, long id, const char *fmt, ...)
+ss_raise_format(SegmentObject *seg, const char *fmt, ...)
 {
     char buf[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    return ss_raise(st, "format", 0, NULL, NULL, id, buf);
+    return ss_segment_raise(seg, "format", buf);
 }
 
 /* ------------------------------------------------------------------------ */

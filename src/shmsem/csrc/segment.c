@@ -10,6 +10,17 @@
  */
 #include "shmsem.h"
 
+PyObject *
+ss_segment_raise(SegmentObject *seg, const char *kind, const char *detail)
+{
+    PyObject *key = PyLong_FromLong(seg->key);
+    if (key == NULL)
+        return NULL;
+    ss_raise(seg->state, kind, 0, NULL, key, seg->shmid, detail);
+    Py_DECREF(key);
+    return NULL;
+}
+
 void
 ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n)
 {
@@ -60,6 +71,7 @@ segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->addr = addr;
     self->size = (Py_ssize_t)ds.shm_segsz;
     self->shmid = shmid;
+    self->key = (int)SS_PERM_KEY(ds.shm_perm);
     self->readonly = readonly;
     return (PyObject *)self;
 }
@@ -95,7 +107,7 @@ segment_getbuffer(SegmentObject *self, Py_buffer *view, int flags)
 {
     if (self->addr == NULL) {
         view->obj = NULL;
-        ss_raise_closed(self->state, "shared memory segment is detached");
+        ss_segment_raise(self, "closed", "shared memory segment is detached");
         return -1;
     }
     if ((flags & PyBUF_WRITABLE) && self->readonly) {
@@ -150,8 +162,8 @@ check_writable(SegmentObject *self)
     if (ss_segment_addr(self) == NULL)
         return -1;
     if (self->readonly) {
-        ss_raise(self->state, "readonly", 0, NULL, NULL, self->shmid,
-                 "segment is attached read-only; open it without readonly=True to write");
+        ss_segment_raise(self, "readonly",
+                         "segment is attached read-only; open it without readonly=True to write");
         return -1;
     }
     return 0;
@@ -220,8 +232,7 @@ segment_read_frame(SegmentObject *self, PyObject *unused)
     if (ss_segment_addr(self) == NULL)
         return NULL;
     if (self->size < 4)
-        return ss_raise(self->state, "frame", 0, NULL, NULL, self->shmid,
-                        "segment is smaller than the 4-byte frame header");
+        return ss_segment_raise(self, "frame", "segment is smaller than the 4-byte frame header");
     int32_t len;
     memcpy(&len, self->addr, sizeof len);  /* read once; never re-read */
     if (len < 0 || (Py_ssize_t)len > self->size - 4) {
@@ -230,7 +241,7 @@ segment_read_frame(SegmentObject *self, PyObject *unused)
                  "corrupt frame header: length %d does not fit the %zd payload bytes "
                  "of this segment",
                  (int)len, self->size - 4);
-        return ss_raise(self->state, "frame", 0, NULL, NULL, self->shmid, detail);
+        return ss_segment_raise(self, "frame", detail);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, len);
     if (out == NULL)

@@ -93,7 +93,6 @@ PyObject *ss_raise(ss_state *st, const char *kind, int err, const char *syscall,
                    PyObject *key, long id, const char *detail);
 PyObject *ss_raise_errno(ss_state *st, const char *syscall, PyObject *key, long id);
 PyObject *ss_raise_closed(ss_state *st, const char *what);
-PyObject *ss_raise_format(ss_state *st, long id, const char *fmt, ...);
 
 /* ------------------------------------------------------------------------ */
 /* Time and deadlines, on CLOCK_MONOTONIC. */
@@ -194,18 +193,24 @@ typedef struct {
     char *addr;            /* NULL once detached: every access checks it */
     Py_ssize_t size;
     int shmid;
+    int key;               /* from IPC_STAT at attach, for error messages */
     int readonly;
     Py_ssize_t exports;    /* live buffer views */
     Py_ssize_t busy;       /* operations running with the GIL released */
     PyObject *weakreflist;
 } SegmentObject;
 
+/* Raise an error of the given kind about this segment, naming its key and id. */
+PyObject *ss_segment_raise(SegmentObject *seg, const char *kind, const char *detail);
+/* FormatError about this segment, printf-style. */
+PyObject *ss_raise_format(SegmentObject *seg, const char *fmt, ...);
+
 /* Returns the mapping, or NULL with ClosedError set when detached. */
 static inline char *
 ss_segment_addr(SegmentObject *seg)
 {
     if (seg->addr == NULL) {
-        ss_raise_closed(seg->state, "shared memory segment is detached");
+        ss_segment_raise(seg, "closed", "shared memory segment is detached");
         return NULL;
     }
     return seg->addr;
