@@ -469,7 +469,8 @@ ipc_msgget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * the syscall's result with errno set.  Returns the result, or -1 with errno;
  * *async_err is set when a signal handler raised. */
 typedef ssize_t (*msg_attempt_fn)(void *ctx, int flags);
-/* Called once, with the GIL, before the first wait; -1 (exception set) aborts. */
+/* Called once, with the GIL, when the first attempt would block (whether or
+ * not the caller will wait); -1 (exception set) aborts. */
 typedef int (*msg_before_wait_fn)(void *ctx);
 
 static ssize_t
@@ -479,11 +480,15 @@ msg_call(msg_attempt_fn attempt, msg_before_wait_fn before_wait, void *ctx, int 
     ssize_t rc = attempt(ctx, IPC_NOWAIT);  /* first try, GIL held */
     int err = errno;
     *async_err = 0;
-    if (rc >= 0 || err != wouldblock_errno || !blocking)
+    if (rc >= 0 || err != wouldblock_errno)
         return rc;
     if (before_wait != NULL && before_wait(ctx) < 0) {
         *async_err = 1; /* an exception is set */
         return -1;
+    }
+    if (!blocking) {
+        errno = err;
+        return rc;
     }
     int64_t backoff = MSG_POLL_MIN_NS;
     for (;;) {
@@ -530,8 +535,8 @@ typedef struct {
     PyObject *key;
 } msg_ctx;
 
-/* The kernel would wait forever for room that can never exist when the
- * message is larger than the queue itself, so refuse that before waiting. */
+/* A message larger than the queue itself can never be sent (the kernel would
+ * wait forever), so say so instead of "full". */
 static int
 check_fits_queue(void *p)
 {
