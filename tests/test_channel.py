@@ -54,8 +54,9 @@ def make() -> Iterator[Callable[..., Channel]]:
 
     yield factory
     for ch in made:
-        ch.owner = True
-        ch.close()
+        if not ch.closed:
+            ch.owner = True
+            ch.close()
 
 
 @pytest.fixture

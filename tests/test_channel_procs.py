@@ -1,0 +1,743 @@
+"""Channel between real processes: many producers and consumers, SIGKILL of
+producers and consumers in the middle of traffic, wake-ups across
+processes, signals while blocked, removal while blocked, and locks held by
+dead processes.
+
+Children only open the channel (by id or key), never create it; the parent
+creates and closes it.  Processes that are killed on purpose are forked by a
+child "spawner" (cheap, and many kills fit in the time budget); they die with
+their spawner (PR_SET_PDEATHSIG), so nothing outlives the test.  Every wait
+has a timeout; no elapsed time is ever asserted.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+import shmsem
+from shmsem import Channel, SharedMemory
+
+WAIT = 20.0  # an upper bound on waits, never an expectation
+
+# Helpers shared by the parent and the children (exec'd in both).
+HELPERS = r'''
+import ctypes, os, random, select, signal, struct, sys, time, zlib, queue
+
+HDR = struct.Struct("<cIIII")  # tag, who, seq, body length, crc32
+
+
+def encode(tag, who, seq, body):
+    head = struct.pack("<cIII", tag, who, seq, len(body))
+    return head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
+
+
+def decode(m):
+    """(tag, who, seq) of an intact message; ValueError if it is torn."""
+    if len(m) < HDR.size:
+        raise ValueError(f"short message of {len(m)} bytes")
+    tag, who, seq, n, crc = HDR.unpack_from(m)
+    body = memoryview(m)[HDR.size:]
+    if len(body) != n or zlib.crc32(body, zlib.crc32(m[: HDR.size - 4])) != crc:
+        raise ValueError(f"torn message tag={tag!r} who={who} seq={seq} len={len(m)}")
+    return tag, who, seq
+
+
+def die_with_parent():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        os._exit(1)
+'''
+H: dict[str, Any] = {}
+exec(HELPERS, H)
+decode: Callable[[bytes], tuple[bytes, int, int]] = H["decode"]
+encode: Callable[[bytes, int, int, bytes], bytes] = H["encode"]
+
+
+def child_code(shmid: int, body: str) -> str:
+    return HELPERS + f"\nfrom shmsem import Channel\nch = Channel.from_id({shmid})\n" + textwrap.dedent(body)
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., Channel]]:
+    made: list[Channel] = []
+
+    def factory(capacity: int = 4096, key: Optional[int] = None) -> Channel:
+        ch = Channel.create(key, capacity)
+        made.append(ch)
+        return ch
+
+    yield factory
+    for ch in made:
+        if not ch.closed:
+            ch.owner = True
+            ch.close()
+
+
+def wait_for(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)
+
+
+class LineReader:
+    """Collects a child's stdout lines in a thread, so the pipe never fills."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.eof = False
+        self.thread = threading.Thread(target=self._run, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _run(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            with self.cond:
+                self.lines.append(raw.decode().rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def wait_line(self, pred: Callable[[str], bool], timeout: float = WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if pred(line):
+                        return line
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    pytest.fail(f"no such line from the child; got {self.lines[-5:]}")
+                self.cond.wait(left)
+
+    def join(self, timeout: float = WAIT) -> list[str]:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "child's stdout did not close"
+        return self.lines
+
+
+def proc_shm_line(shmid: int) -> Optional[list[str]]:
+    for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1]) == shmid:
+            return f
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Many producers, many consumers
+
+
+def test_three_producers_two_consumers(make, child, tmp_path) -> None:
+    ch = make(2048)  # small: the ring wraps constantly and both sides wait
+    per = 4000
+    producer = child_code(ch.id, """
+        p, n = P, N
+        rng = random.Random(p)
+        i = 0
+        while i < n:
+            if rng.random() < 0.2:  # a batch now and then
+                k = min(n - i, rng.randint(1, 8))
+                ch.put_many_bytes([encode(b"P", p, j, bytes([j % 256]) * (j % 50))
+                                   for j in range(i, i + k)], timeout=20)
+                i += k
+            else:
+                ch.put_bytes(encode(b"P", p, i, bytes([i % 256]) * (i % 50)), timeout=20)
+                i += 1
+        print("done", flush=True)
+    """)
+    consumer = child_code(ch.id, """
+        import json
+        rng = random.Random(C)
+        got, bad = [], []
+        while True:
+            if rng.random() < 0.3:
+                batch = ch.get_many_bytes(max_messages=rng.randint(1, 10), timeout=20)
+            else:
+                batch = [ch.get_bytes(timeout=20)]
+            stop = False
+            for m in batch:
+                if m == b"STOP":
+                    stop = True
+                    continue
+                try:
+                    tag, p, seq = decode(m)
+                    got.append((p, seq))
+                except ValueError as e:
+                    bad.append(str(e))
+            if stop:
+                break
+        with open(OUT, "w") as f:
+            json.dump({"got": got, "bad": bad}, f)
+        print("done", flush=True)
+    """)
+    cons = []
+    for c in range(2):
+        out = tmp_path / f"consumer{c}.json"
+        cons.append((child(f"C = {c}\nOUT = {str(out)!r}\n" + consumer), out))
+    prods = [child(f"P, N = {p}, {per}\n" + producer) for p in range(3)]
+    for pr in prods:
+        pr.expect("done", timeout=60)
+        assert pr.wait() == 0
+    # One STOP at a time: each consumer takes exactly one and leaves.
+    remaining = list(cons)
+    while remaining:
+        ch.put_bytes(b"STOP", timeout=WAIT)
+        wait_for(lambda: any(c.proc.poll() is not None for c, _ in remaining), "a consumer to stop")
+        for c, out in list(remaining):
+            if c.proc.poll() is not None:
+                assert c.proc.returncode == 0, c.stderr_text()
+                remaining.remove((c, out))
+
+    union: list[tuple[int, int]] = []
+    for _, out in cons:
+        data = json.loads(out.read_text())
+        assert data["bad"] == []
+        last: dict[int, int] = {}
+        for p, seq in data["got"]:
+            assert seq > last.get(p, -1), f"producer {p}: seq {seq} after {last.get(p)}"
+            last[p] = seq
+        union += [(p, s) for p, s in data["got"]]
+    counts = collections.Counter(union)
+    assert [k for k, v in counts.items() if v > 1] == []  # no duplicates
+    assert sorted(union) == [(p, s) for p in range(3) for s in range(per)]  # no loss
+    assert ch.empty()
+    s = ch.stats()
+    assert s.put_count == s.get_count == 3 * per + 2
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL of producers in the middle of traffic
+
+
+def test_producers_killed_mid_put(make, child) -> None:
+    """A spawner forks producers that put large messages and SIGKILLs each at
+    a random instant; two steady producers and the parent (consumer) carry
+    on.  No message may be torn, lost or duplicated for the survivors; each
+    killed producer's messages must arrive as a gapless prefix."""
+    ch = make(1 << 20)
+    kills = 15
+    steady = child_code(ch.id, """
+        i = 0
+        rng = random.Random(W)
+        while True:
+            if i % 32 == 0 and select.select([sys.stdin], [], [], 0)[0]:
+                break
+            ch.put_bytes(encode(b"S", W, i, os.urandom(rng.randint(0, 300))), timeout=20)
+            i += 1
+        print("count", i, ch.stats().recoveries, flush=True)
+    """)
+    spawner = child_code(ch.id, f"""
+        block = os.urandom(1 << 19)
+        held = 0
+        for r in range({kills}):
+            rd, wr = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                die_with_parent()
+                os.close(rd)
+                rng = random.Random(r)
+                seq = 0
+                while True:
+                    n = rng.randint(1 << 15, 1 << 19)
+                    off = rng.randint(0, len(block) - n)
+                    try:
+                        ch.put_bytes(encode(b"V", r, seq, block[off:off + n]), timeout=5)
+                    except queue.Full:
+                        continue
+                    seq += 1
+                    if seq == 1:
+                        os.write(wr, b"1")
+            os.close(wr)
+            if not select.select([rd], [], [], 20)[0]:
+                print("victim never put", flush=True)
+                sys.exit(1)
+            if r % 2:
+                time.sleep(random.uniform(0, 0.03))
+            else:  # aim: kill it while it holds the producer lock
+                deadline = time.monotonic() + 2
+                while ch.stats().producer_lock_pid != pid and time.monotonic() < deadline:
+                    pass
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            held += ch.stats().producer_lock_pid == pid
+            os.close(rd)
+        print("done", held, flush=True)
+    """)
+
+    got: dict[tuple[bytes, int], list[int]] = collections.defaultdict(list)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while True:
+            try:
+                m = ch.get_bytes(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            try:
+                tag, who, seq = decode(m)
+                got[(tag, who)].append(seq)
+            except ValueError as e:
+                errors.append(str(e))
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    try:
+        steadies = [child(f"W = {w}\n" + steady) for w in range(2)]
+        sp = child(spawner)
+        done = sp.readline(timeout=90).split()
+        assert done[0] == "done", done
+        held = int(done[1])
+        assert sp.wait() == 0
+        counts = []
+        for st in steadies:
+            st.send("stop")
+            line = st.readline(timeout=WAIT).split()
+            assert line[0] == "count", line
+            counts.append(int(line[1]))
+            assert st.wait() == 0
+    finally:
+        stop.set()
+        consumer.join(WAIT)
+    assert not consumer.is_alive()
+
+    assert held >= 1, "no victim was ever killed inside the producer lock"
+    assert errors == []  # nothing torn
+    for w in range(2):
+        assert got[(b"S", w)] == list(range(counts[w])), f"steady producer {w}"
+    victims = {who: seqs for (tag, who), seqs in got.items() if tag == b"V"}
+    assert set(victims) == set(range(kills))  # every victim delivered its first message
+    for who, seqs in victims.items():
+        assert seqs == list(range(len(seqs))), f"victim {who}: gap or duplicate"
+    # Still usable, and no lock left with a dead process.
+    ch.put_bytes(b"after the storm", timeout=WAIT)
+    assert ch.get_bytes(timeout=WAIT) == b"after the storm"
+    s = ch.stats()
+    assert (s.producer_lock_pid, s.consumer_lock_pid) == (0, 0)
+    assert ch.empty()
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL of consumers in the middle of traffic
+
+
+def test_consumers_killed_mid_get(make, child) -> None:
+    """Consumers report each message on a pipe as soon as they have it; a
+    spawner forks consumers and SIGKILLs each at a random instant.  Nothing
+    may be delivered twice, and at most one message per killed consumer may
+    go unreported (taken, then killed before it could say so)."""
+    ch = make(1 << 18)
+    kills = 12
+    survivor = child_code(ch.id, """
+        while True:
+            m = ch.get_bytes(timeout=30)
+            if m == b"STOP":
+                break
+            tag, who, seq = decode(m)
+            os.write(1, b"S %d\\n" % seq)
+        os.write(1, b"end\\n")
+    """)
+    spawner = child_code(ch.id, f"""
+        held = 0
+        for r in range({kills}):
+            rd, wr = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                die_with_parent()
+                os.close(rd)
+                first = True
+                while True:
+                    m = ch.get_bytes(timeout=30)
+                    try:
+                        tag, who, seq = decode(m)
+                        os.write(1, b"K%d %d\\n" % (r, seq))
+                    except ValueError as e:
+                        os.write(1, b"BAD %s\\n" % str(e).encode())
+                    if first:
+                        os.write(wr, b"1")
+                        first = False
+            os.close(wr)
+            if not select.select([rd], [], [], 20)[0]:
+                os.write(1, b"victim never got\\n")
+                sys.exit(1)
+            if r % 2:
+                time.sleep(random.uniform(0, 0.03))
+            else:  # aim: kill it while it holds the consumer lock
+                deadline = time.monotonic() + 2
+                while ch.stats().consumer_lock_pid != pid and time.monotonic() < deadline:
+                    pass
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            held += ch.stats().consumer_lock_pid == pid
+            os.close(rd)
+        os.write(1, b"done %d\\n" % held)
+    """)
+    surv = child(survivor)
+    surv_out = LineReader(surv.proc)
+    sp = child(spawner)
+    sp_out = LineReader(sp.proc)
+    done = threading.Event()
+
+    def watch() -> None:
+        sp_out.wait_line(lambda l: l.startswith(("done", "victim")), timeout=90)
+        done.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    seq = 0
+    deadline = time.monotonic() + 90
+    pad = os.urandom(8192)
+    while not done.is_set() and time.monotonic() < deadline:
+        try:
+            ch.put_bytes(encode(b"M", 0, seq, pad[: 512 + seq % 7000]), timeout=0.05)
+        except queue.Full:
+            continue
+        seq += 1
+    assert done.is_set()
+    assert sp.wait() == 0
+    ch.put_bytes(b"STOP", timeout=WAIT)
+    assert surv.wait() == 0
+    lines = sp_out.join() + surv_out.join()
+    watcher.join(WAIT)
+
+    assert not [l for l in lines if l.startswith(("BAD", "victim"))], lines[-5:]
+    assert "end" in lines
+    held = [int(l.split()[1]) for l in lines if l.startswith("done")]
+    assert held and held[0] >= 1, "no consumer was ever killed inside the consumer lock"
+    per_consumer: dict[str, list[int]] = collections.defaultdict(list)
+    for line in lines:
+        if line == "end" or line.startswith("done"):
+            continue
+        who, s = line.split()
+        per_consumer[who].append(int(s))
+    assert len([w for w in per_consumer if w.startswith("K")]) == kills
+    for who, seqs in per_consumer.items():
+        assert seqs == sorted(set(seqs)), f"consumer {who} went backwards or repeated"
+    everything = [s for seqs in per_consumer.values() for s in seqs]
+    dup = [s for s, n in collections.Counter(everything).items() if n > 1]
+    assert dup == [], f"delivered twice: {dup[:10]}"
+    assert set(everything) <= set(range(seq))
+    missing = sorted(set(range(seq)) - set(everything))
+    assert len(missing) <= kills, f"{len(missing)} messages lost by {kills} kills: {missing[:20]}"
+    assert ch.empty()
+    ch.put_bytes(b"again", timeout=WAIT)
+    assert ch.get_bytes(timeout=WAIT) == b"again"
+    s = ch.stats()
+    assert (s.producer_lock_pid, s.consumer_lock_pid) == (0, 0)
+
+
+# ---------------------------------------------------------------------------
+# Wake-ups, signals and removal while blocked
+
+
+def test_consumer_in_child_is_woken_by_a_put(make, child) -> None:
+    ch = make(1024)
+    c = child(child_code(ch.id, """
+        print("ready", flush=True)
+        print(repr(ch.get(timeout=30)), flush=True)
+    """))
+    c.expect("ready")
+    wait_for(lambda: ch.stats().consumers_waiting, "the child to sleep")
+    ch.put({"hello": "child"})
+    c.expect(repr({"hello": "child"}))
+    assert c.wait() == 0
+
+
+def test_producer_in_child_is_woken_by_a_get(make, child) -> None:
+    ch = make(256)
+    ch.put_bytes(b"x" * ch.max_message_size)
+    c = child(child_code(ch.id, """
+        print("ready", flush=True)
+        ch.put_bytes(b"from the child", timeout=30)
+        print("put", flush=True)
+    """))
+    c.expect("ready")
+    wait_for(lambda: ch.stats().producers_waiting, "the child to sleep")
+    assert ch.get_bytes() == b"x" * ch.max_message_size
+    c.expect("put")
+    assert ch.get_bytes(timeout=WAIT) == b"from the child"
+    assert c.wait() == 0
+
+
+@pytest.mark.parametrize("side", ["get", "put"])
+def test_sigint_interrupts_a_blocked_call(make, child, side) -> None:
+    ch = make(256)
+    if side == "put":
+        ch.put_bytes(b"x" * ch.max_message_size)
+    call = "ch.get(timeout=60)" if side == "get" else "ch.put_bytes(b'y', timeout=60)"
+    c = child(child_code(ch.id, f"""
+        print("ready", flush=True)
+        try:
+            {call}
+            print("returned", flush=True)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+    """))
+    c.expect("ready")
+    flag = "consumers_waiting" if side == "get" else "producers_waiting"
+    wait_for(lambda: getattr(ch.stats(), flag), "the child to sleep")
+    c.signal(signal.SIGINT)
+    c.expect("KeyboardInterrupt")
+    assert c.wait() == 0
+    s = ch.stats()
+    assert (s.producer_lock_pid, s.consumer_lock_pid) == (0, 0)
+    assert ch.qsize() == (1 if side == "put" else 0)
+
+
+def test_a_signal_whose_handler_returns_does_not_end_the_wait(make, child) -> None:
+    """PEP 475: the handler runs, then the call goes on waiting."""
+    ch = make(256)
+    c = child(child_code(ch.id, """
+        hits = []
+        signal.signal(signal.SIGUSR1, lambda *a: hits.append(1))
+        print("ready", flush=True)
+        m = ch.get_bytes(timeout=60)
+        print(m.decode(), len(hits), flush=True)
+    """))
+    c.expect("ready")
+    wait_for(lambda: ch.stats().consumers_waiting, "the child to sleep")
+    c.signal(signal.SIGUSR1)
+    time.sleep(0.2)
+    assert c.proc.poll() is None  # still waiting
+    ch.put_bytes(b"late")
+    c.expect("late 1")
+    assert c.wait() == 0
+
+
+def test_remove_while_a_child_waits(make, child, unique_key) -> None:
+    """remove() is IPC_RMID: the key is free at once, but attached processes
+    keep their mapping.  The waiter keeps waiting on it, and a put through a
+    handle still attached (the parent's) reaches it."""
+    key = unique_key()
+    ch = make(1024, key=key)
+    c = child(HELPERS + f"""
+from shmsem import Channel
+ch = Channel.open({key})
+print("ready", flush=True)
+print(ch.get_bytes(timeout=30).decode(), flush=True)
+ch.put_bytes(b"reply", timeout=30)
+ch.close()
+print("closed", flush=True)
+""")
+    c.expect("ready")
+    wait_for(lambda: ch.stats().consumers_waiting, "the child to sleep")
+    ch.remove()
+    with pytest.raises(shmsem.NotFoundError):
+        Channel.open(key)
+    line = proc_shm_line(ch.id)
+    assert line is not None and int(line[0]) == 0  # now private, still there
+    assert c.proc.poll() is None
+    ch.put_bytes(b"after remove")
+    c.expect("after remove")
+    assert ch.get_bytes(timeout=WAIT) == b"reply"
+    c.expect("closed")
+    assert c.wait() == 0
+    ch.close()
+    assert proc_shm_line(ch.id) is None  # gone with its last attach
+
+
+# ---------------------------------------------------------------------------
+# Locks held by dead (or live) processes
+
+
+def ns_tag() -> int:
+    x = os.stat("/proc/self/ns/pid").st_ino
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    return (x & 0xFF) | 1
+
+
+def proc_stat(pid: int) -> tuple[str, int]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[22 - 3])  # state (field 3), starttime (field 22)
+
+
+def identity(pid: int, start: int, tag: Optional[int] = None) -> int:
+    return pid | (start & 0xFFFFFF) << 32 | (ns_tag() if tag is None else tag) << 56
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait(WAIT)
+    return p.pid
+
+
+LOCKS = {"producer": 64, "consumer": 128}
+
+
+def _blocked_op(ch: Channel, side: str, timeout: float) -> Any:
+    if side == "producer":
+        return ch.put_bytes(b"through", timeout=timeout)
+    return ch.get_bytes(timeout=timeout)
+
+
+def _prepare(ch: Channel, side: str) -> None:
+    if side == "consumer":
+        ch.put_bytes(b"through")
+
+
+def _lock_pid(ch: Channel, side: str) -> int:
+    s = ch.stats()
+    return s.producer_lock_pid if side == "producer" else s.consumer_lock_pid
+
+
+@pytest.mark.parametrize("side", LOCKS)
+def test_lock_of_a_dead_pid_is_recovered(make, side) -> None:
+    ch = make(1024)
+    _prepare(ch, side)
+    pid = dead_pid()
+    with SharedMemory.from_id(ch.id) as shm:
+        shm.write_at(LOCKS[side], struct.pack("<Q", identity(pid, 12345)))
+    assert _lock_pid(ch, side) == pid
+    before = ch.stats().recoveries
+    assert _blocked_op(ch, side, timeout=5) in (None, b"through")
+    assert ch.stats().recoveries == before + 1
+    assert _lock_pid(ch, side) == 0
+    # And the lock works normally afterwards.
+    ch.put_bytes(b"next")
+    assert ch.get_bytes() in (b"next", b"through")
+
+
+@pytest.mark.parametrize("side", LOCKS)
+def test_lock_of_a_zombie_is_recovered(make, side) -> None:
+    ch = make(1024)
+    _prepare(ch, side)
+    z = subprocess.Popen(["true"])
+    try:
+        wait_for(lambda: proc_stat(z.pid)[0] == "Z", "the child to become a zombie")
+        start = proc_stat(z.pid)[1]
+        with SharedMemory.from_id(ch.id) as shm:
+            shm.write_at(LOCKS[side], struct.pack("<Q", identity(z.pid, start)))
+        _blocked_op(ch, side, timeout=5)
+        assert ch.stats().recoveries == 1
+        assert _lock_pid(ch, side) == 0
+    finally:
+        z.wait(WAIT)
+
+
+@pytest.mark.parametrize("side", LOCKS)
+def test_lock_of_a_recycled_pid_is_recovered(make, side) -> None:
+    """A live process whose start time does not match the owner word is not
+    the holder: its pid was reused."""
+    ch = make(1024)
+    _prepare(ch, side)
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        start = proc_stat(p.pid)[1]
+        with SharedMemory.from_id(ch.id) as shm:
+            shm.write_at(LOCKS[side], struct.pack("<Q", identity(p.pid, start + 1)))
+        _blocked_op(ch, side, timeout=5)
+        assert ch.stats().recoveries == 1
+    finally:
+        p.kill()
+        p.wait(WAIT)
+
+
+@pytest.mark.parametrize("side", LOCKS)
+def test_lock_of_a_live_holder_is_not_taken(make, side) -> None:
+    ch = make(1024)
+    _prepare(ch, side)
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        start = proc_stat(p.pid)[1]
+        with SharedMemory.from_id(ch.id) as shm:
+            shm.write_at(LOCKS[side], struct.pack("<Q", identity(p.pid, start)))
+            with pytest.raises(queue.Full if side == "producer" else queue.Empty):
+                _blocked_op(ch, side, timeout=0.3)
+            assert ch.stats().recoveries == 0
+            assert _lock_pid(ch, side) == p.pid
+            p.kill()
+            p.wait(WAIT)
+            # Now it is dead (and reaped): the next call takes the lock over.
+            _blocked_op(ch, side, timeout=5)
+            assert ch.stats().recoveries == 1
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(WAIT)
+
+
+@pytest.mark.parametrize("case", ["other-namespace", "own-pid"])
+def test_lock_holders_that_cannot_be_judged_are_left_alone(make, case) -> None:
+    ch = make(1024)
+    if case == "other-namespace":
+        ident = identity(dead_pid(), 0, tag=ns_tag() ^ 0x80)
+    else:
+        ident = identity(os.getpid(), proc_stat(os.getpid())[1])  # "another thread"
+    with SharedMemory.from_id(ch.id) as shm:
+        shm.write_at(LOCKS["producer"], struct.pack("<Q", ident))
+        with pytest.raises(queue.Full):
+            ch.put_bytes(b"x", timeout=0.3)
+        assert ch.stats().recoveries == 0
+        shm.write_at(LOCKS["producer"], bytes(8))  # release it by hand
+    ch.put_bytes(b"x", timeout=WAIT)
+    assert ch.get_bytes() == b"x"
+
+
+def test_producer_killed_while_holding_the_lock(make, child) -> None:
+    """A child puts very large messages in a loop; the parent waits until it
+    sees the child holding the producer lock, then SIGKILLs it.  The next put
+    takes the lock over (recoveries grows on that handle), and what the
+    consumer then finds is only whole messages."""
+    big = 8 << 20
+    ch = make(2 * big + 64)
+    held_at_death = 0
+    for attempt in range(8):
+        c = child(child_code(ch.id, f"""
+            data = bytes([{attempt}]) * {big}
+            print("ready", flush=True)
+            while True:
+                try:
+                    ch.put_bytes(data, timeout=5)
+                except queue.Full:
+                    pass
+        """))
+        c.expect("ready")
+        deadline = time.monotonic() + WAIT
+        while ch.stats().producer_lock_pid != c.pid and time.monotonic() < deadline:
+            pass  # spin: the lock is held only while a message is copied
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(WAIT)
+        if ch.stats().producer_lock_pid == c.pid:
+            held_at_death += 1
+            before = ch.stats().recoveries
+            ch.put_bytes(b"recovered", timeout=5)
+            assert ch.stats().recoveries == before + 1
+            assert ch.stats().producer_lock_pid == 0
+        for m in iter_nowait(ch):
+            assert m in (b"recovered", bytes([attempt]) * big), f"torn message of {len(m)} bytes"
+        if held_at_death >= 3:
+            break
+    assert held_at_death >= 1, "never caught the child inside the lock"
+
+
+def iter_nowait(ch: Channel) -> Iterator[bytes]:
+    while True:
+        try:
+            yield ch.get_bytes_nowait()
+        except queue.Empty:
+            return
