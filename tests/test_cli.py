@@ -336,6 +336,7 @@ def test_console_script_and_version() -> None:
     (["rm", "--type", "pipe", "1"], "invalid choice"),
     (["watch", "1", "--count", "0"], "give 1 or more"),
     (["read", "1", "--raw", "--hex"], "not allowed with"),
+    (["ls", "--bogus"], "unrecognized arguments: --bogus; see 'shmsem ls --help'"),
 ])
 def test_usage_errors_exit_2_in_one_line(args: list[str], words: str) -> None:
     err = fails(2, *args)
@@ -469,7 +470,7 @@ def test_show_channel_counters(unique_key: Any) -> None:
         assert (h["kind"], h["capacity"], h["used"], h["messages"]) == ("channel", 4096, 96, 3)
         assert (h["put_count"], h["get_count"], h["last_seq"]) == (5, 2, 5)
         assert h["consumers_waiting"] is False and h["producers_waiting"] is False
-        assert h["problem"] is None
+        assert h["problem"] is None and rec["frame"] is None
         assert [p["pid"] for p in rec["attached_pids"]] == [os.getpid()]
 
 

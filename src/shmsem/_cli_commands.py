@@ -371,7 +371,8 @@ def _details(e: Entry) -> JsonDict:
                 "detail_error": None})
     if o.type == "shm":
         rec["attached_pids"] = [_process(p) for p in shm_attachers(o.id)] if o.nattch else []
-        rec["frame"] = _frame_record(e.peek.frame) if e.peek is not None else None
+        if e.peek is not None and e.header is None:
+            rec["frame"] = _frame_record(e.peek.frame)
     elif o.type == "sem":
         rec["semaphores"], rec["detail_error"] = _sem_members(o)
     else:
@@ -758,7 +759,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     o = find_one(args.target, load_objects(types), types)
     make = {"shm": _shm_sampler, "sem": _sem_sampler, "msg": _msg_sampler}[o.type]
     sample, close = make(o)
-    tty = sys.stdout.isatty() and not args.json
+    # Redrawing in place needs cursor movement, which a dumb terminal lacks.
+    tty = sys.stdout.isatty() and not args.json and os.environ.get("TERM") != "dumb"
     style = Style.for_stream(sys.stdout)
     title = f"{KIND_NAMES[o.type]} key {format_key(o.key)} id {o.id}"
     previous: dict[str, str] = {}
@@ -839,6 +841,9 @@ def _gc_line(e: Entry) -> str:
             f"at {format_time(o.ctime)}")
 
 
+_CHANGED = "it changed since it was listed (attached, removed or replaced)"
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     euid = os.geteuid()
     objects = load_objects(["shm"])
@@ -858,14 +863,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     else:
         kept = [e for e in entries if e.orphan and e.obj.uid != euid]
     removed: list[Entry] = []
+    changed: list[Entry] = []
     failed: list[tuple[Entry, str]] = []
     for e in collect:
         if args.dry_run:
             removed.append(e)
             continue
         if not _still_orphan(e.obj, euid):
-            failed.append((e, "changed since it was listed (attached, removed or replaced); "
-                              "left alone"))
+            changed.append(e)  # attached, removed or replaced since it was listed
             continue
         try:
             _core.shm_rmid(e.obj.id)
@@ -880,7 +885,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
             "dry_run": bool(args.dry_run),
             "removed": [record(e) for e in removed],
             "kept": [{"id": e.obj.id, "key": e.obj.key, "key_hex": format_key(e.obj.key),
-                      "reason": _why_kept(e, euid)} for e in kept],
+                      "reason": _why_kept(e, euid)} for e in kept]
+            + [{"id": e.obj.id, "key": e.obj.key, "key_hex": format_key(e.obj.key),
+                "reason": _CHANGED} for e in changed],
             "failed": [{"id": e.obj.id, "key": e.obj.key, "key_hex": format_key(e.obj.key),
                         "error": msg} for e, msg in failed],
         })
@@ -888,6 +895,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         for e in removed:
             print(f"{verb} {_gc_line(e)}")
+        for e in changed:
+            print(f"kept {e.obj.describe()}: {_CHANGED}")
         if not removed and not failed:
             print("nothing to collect: no segment of yours is both unattached and left by "
                   "a dead creator")

@@ -19,7 +19,7 @@ import pwd
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .keys import IPC_PRIVATE
+from .keys import IPC_PRIVATE, normalize_key
 
 __all__ = [
     "KINDS",
@@ -152,7 +152,8 @@ def _make(kind: str, row: dict[str, str]) -> IpcObject:
         return int(row[name]) if name in row else None
 
     perms = int(row["perms"], 8)
-    key, mode, ctime = num("key"), perms & 0o777, num("ctime")
+    # /proc prints the signed key_t; normalise anyway, in case a kernel prints it unsigned.
+    key, mode, ctime = normalize_key(num("key")), perms & 0o777, num("ctime")
     uid, gid, cuid, cgid = num("uid"), num("gid"), num("cuid"), num("cgid")
     if kind == "shm":
         return IpcObject(

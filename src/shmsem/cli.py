@@ -291,7 +291,11 @@ def _fail(command: str, message: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Reported by the command's own parser, so the hint names its --help.
+        sub: argparse.ArgumentParser = getattr(args, "_parser", parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     command = str(args.command)
     try:
         _parse_targets(args)
