@@ -232,10 +232,8 @@ def read_segment(
             if off is not None and off + CELL_HEADER <= size:
                 cell = shm.read_at(off, CELL_HEADER)
         header = parse_header(head, size, cell)
-    info = parse_frame(head, size) if frame else None
-    if info is not None and info.valid and 4 + len(info.preview) > len(head):
-        info = FrameInfo(info.length, True, shm.read_at(4, min(info.length, PREVIEW)))
-    return header, info
+    # With frame, head holds 4 + PREVIEW bytes (or the whole segment): the preview is complete.
+    return header, parse_frame(head, size) if frame else None
 
 
 def peek(shmid: int, size: int, *, frame: bool = False) -> Peek:
