@@ -513,7 +513,7 @@ def test_numpy_round_trip(make, index) -> None:
     assert isinstance(b, np.ndarray)
     assert b.dtype == a.dtype and b.shape == a.shape
     assert np.array_equal(b, a)
-    assert b.flags.writeable
+    assert b.flags.writeable and b.flags.aligned
     assert not np.shares_memory(a, b)
     if a.size:
         b.reshape(-1)[0] = b.reshape(-1)[-1]  # writes land in b only
@@ -992,6 +992,29 @@ def test_corrupt_record_length_is_format_error(make, raw, length) -> None:
     assert ch.get_bytes() == b"0123456789"
 
 
+def test_get_many_does_not_lose_the_good_messages_before_a_corrupt_one(make, raw) -> None:
+    """Two intact messages, then a record whose length is corrupt: the batch
+    call must not swallow the intact ones (taking them off the ring and then
+    raising).  Either it returns them, or it leaves them queued."""
+    ch = make(256)
+    shm = raw(ch)
+    for m in (b"one", b"two", b"three"):
+        ch.put_bytes(m)
+    shm.write_at(RING + 32, struct.pack("<I", 0xFFFF))  # the third record's length
+    try:
+        got = ch.get_many_bytes()
+    except FormatError:
+        got = []
+    delivered = got
+    while True:
+        try:
+            delivered += ch.get_many_bytes(block=False)
+        except (FormatError, queue.Empty):
+            break
+    assert delivered == [b"one", b"two"], (
+        f"delivered {delivered}; get_count is {ch.stats().get_count}")
+
+
 def test_unknown_kind_is_format_error_for_get(make, raw) -> None:
     ch = make(256)
     shm = raw(ch)
@@ -1196,6 +1219,38 @@ def test_cancelled_get_async_takes_nothing(make) -> None:
 
     asyncio.run(main())  # also waits for the default executor's threads
     assert ch.get_nowait() == "kept"
+
+
+def test_close_right_after_a_cancelled_get_async(unique_key) -> None:
+    """A get_async cancelled by a timeout must not keep the channel busy:
+    closing it right afterwards works and removes the segment."""
+    key = unique_key()
+    ch = Channel.create(key, 4096)
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ch.get_async(), 0.05)
+        try:
+            ch.close()
+        finally:
+            if not ch.closed:  # clean up for the leak check, then fail below
+                await asyncio.sleep(0.5)
+                ch.close()
+                pytest.fail("close() right after a cancelled get_async raised")
+
+    asyncio.run(main())
+    assert ch.closed
+    with pytest.raises(shmsem.NotFoundError):
+        Channel.open(key)
+
+
+def test_unpicklable_object_puts_nothing(make) -> None:
+    ch = make(4096)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        ch.put(lambda: 0)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        ch.put_many([1, lambda: 0, 3])
+    assert ch.empty() and ch.stats().put_count == 0
 
 
 def test_put_async_waits_for_room_without_blocking_the_loop(make) -> None:
