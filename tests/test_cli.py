@@ -392,15 +392,16 @@ def test_ls_shows_every_type(unique_key: Any, cleanup: Any) -> None:
         q.send(b"two", block=False)
         ch.put_bytes(b"x" * 120)  # a 128-byte record: 1/8 of the ring
         table = ok("ls")
-        lines = {line.split()[2]: line for line in table.splitlines()[1:] if line.strip()
-                 and line.split()[0] in ("shm", "sem", "msg")}
+        # Keyed by (type, id): each type numbers its ids separately.
+        lines = {(line.split()[0], line.split()[2]): line for line in table.splitlines()[1:]
+                 if line.strip() and line.split()[0] in ("shm", "sem", "msg")}
         assert table.splitlines()[0].split()[:4] == ["TYPE", "KEY", "ID", "OWNER"]
-        row = lines[str(shm.id)]
+        row = lines["shm", str(shm.id)]
         assert format_key(key) in row and "rw-------" in row and "8.0 KiB" in row
         assert f"{os.getpid()} " in row and "(alive)" in row
-        assert "3 sems" in lines[str(sem.id)]
-        assert "2 msgs" in lines[str(q.id)] and "rw-r-----" in lines[str(q.id)]
-        assert "Channel 12% full, 1 msg" in lines[str(ch.id)]
+        assert "3 sems" in lines["sem", str(sem.id)]
+        assert "2 msgs" in lines["msg", str(q.id)] and "rw-r-----" in lines["msg", str(q.id)]
+        assert "Channel 12% full, 1 msg" in lines["shm", str(ch.id)]
         assert "\x1b[" not in table  # not a terminal: no colour
 
         data = as_json("ls", "--json")
@@ -485,7 +486,7 @@ def test_show_mailbox_and_frame_and_semaphores(unique_key: Any, cleanup: Any) ->
     try:
         for v in (b"a", b"bb", b"hello"):
             box.publish(v)
-        (rec,) = as_json("show", "--json", str(box.id))["objects"]
+        (rec,) = as_json("show", "--json", "--type", "shm", str(box.id))["objects"]
         h = rec["shmsem"]
         assert (h["kind"], h["last_seq"], h["used"], h["capacity"]) == ("mailbox", 3, 5, 100)
         assert h["readers_waiting"] is False and h["writer_lock_pid"] == 0
@@ -558,6 +559,9 @@ def test_rm_refuses_a_key_shared_by_two_types(unique_key: Any, cleanup: Any) -> 
 
 def test_rm_refuses_a_value_that_is_both_a_key_and_an_id(cleanup: Any) -> None:
     shm = shmsem.SharedMemory.create(None, 4096)
+    spare = None
+    if shm.id == 0:  # key 0 is IPC_PRIVATE: we need an id that can also be a key
+        spare, shm = shm, shmsem.SharedMemory.create(None, 4096)
     try:
         try:
             sem = shmsem.Semaphore.create(shm.id, 0)  # its key is the segment's id
@@ -577,6 +581,8 @@ def test_rm_refuses_a_value_that_is_both_a_key_and_an_id(cleanup: Any) -> None:
         assert sem.id not in ids("sem") and shm.id in ids("shm")
     finally:
         shm.close()
+        if spare is not None:
+            spare.close()
 
 
 def test_rm_of_a_missing_object_removes_nothing(unique_key: Any, cleanup: Any) -> None:
