@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from . import __version__
@@ -93,8 +94,11 @@ def _add(
     sub: Any, name: str, help: str, description: str, epilog: str,
     func: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
+    # Raw formatting keeps the examples' lines; the prose is wrapped here instead.
+    paragraphs = [textwrap.fill(" ".join(par.split()), 79)
+                  for par in description.split("\n") if par.strip()]
     p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description, epilog=epilog,
+        name, help=help, description="\n\n".join(paragraphs), epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=func, _parser=p)
