@@ -26,6 +26,36 @@ from shmsem import _core
 PROC = Path("/proc/sysvipc")
 
 
+def _enter_private_ipc_namespace() -> bool:
+    """Run the suite in an IPC namespace of its own when we may (root).
+
+    Then nothing the tests do can touch another program's System V objects,
+    another concurrent test run cannot disturb the leak check, and every
+    object still left at exit disappears with the namespace.  Children inherit
+    it.  SHMSEM_TEST_SHARED_IPC=1 keeps the machine's namespace.
+    """
+    if os.geteuid() != 0 or os.environ.get("SHMSEM_TEST_SHARED_IPC") == "1":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWIPC = 0x08000000
+    return bool(libc.unshare(CLONE_NEWIPC) == 0)
+
+
+PRIVATE_IPC = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global PRIVATE_IPC
+    PRIVATE_IPC = _enter_private_ipc_namespace()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = "a private namespace (unshare)" if PRIVATE_IPC else "the machine's namespace"
+    return f"System V IPC objects live in {where}"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-stress", action="store_true", default=False,

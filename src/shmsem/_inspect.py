@@ -20,13 +20,9 @@ from .shm import SharedMemory
 
 __all__ = ["ShmsemHeader", "FrameInfo", "Peek", "parse_header", "parse_frame", "peek"]
 
-# The magics as docs/protocol.md gives them as u64 values, which is what the C
-# core stores.  For the Channel those bytes read "SHHMSECH", not the "SHMSEMCH"
-# the same table states; a peer that wrote the ASCII string is recognised but
-# flagged, since shmsem itself would refuse to open it.
-CHANNEL_MAGIC = struct.pack("<Q", 0x484345534D484853)
-MAILBOX_MAGIC = struct.pack("<Q", 0x424D4D45534D4853)
-CHANNEL_MAGIC_ASCII = b"SHMSEMCH"
+# The magics as docs/protocol.md gives them: 8 ASCII bytes at offset 0.
+CHANNEL_MAGIC = b"SHMSEMCH"
+MAILBOX_MAGIC = b"SHMSEMMB"
 CHANNEL_HEADER = 256
 MAILBOX_HEADER = 128
 CELL_HEADER = 64
@@ -122,12 +118,6 @@ def parse_header(
     magic, version, header_size, capacity, stride, creator = _COMMON.unpack_from(head)
     if magic == CHANNEL_MAGIC:
         return _channel(head, size, version, header_size, capacity, creator)
-    if magic == CHANNEL_MAGIC_ASCII:
-        return ShmsemHeader(
-            "channel", version, capacity, creator,
-            problem="magic is the ASCII 'SHMSEMCH'; shmsem writes and expects the u64 "
-            "0x484345534d484853, so it will not open this segment",
-        )
     if magic == MAILBOX_MAGIC:
         return _mailbox(head, size, version, header_size, capacity, stride, creator, cell)
     return None

@@ -15,13 +15,26 @@ int
 ss_semop(ss_state *st, int semid, struct sembuf *ops, struct sembuf *nowait_ops, size_t n,
          int blocking, const ss_deadline *dl, PyObject *key)
 {
-    int rc = semop(semid, nowait_ops, n);
-    if (rc == 0)
-        return 1;
-    if (errno != EAGAIN && errno != EINTR)
-        goto error;
-    if (!blocking)
-        return 0;
+    int probe_failed;
+    return ss_semop_ex(st, semid, ops, nowait_ops, n, blocking, 1, dl, key, &probe_failed);
+}
+
+int
+ss_semop_ex(ss_state *st, int semid, struct sembuf *ops, struct sembuf *nowait_ops, size_t n,
+            int blocking, int probe, const ss_deadline *dl, PyObject *key, int *probe_failed)
+{
+    int rc;
+    *probe_failed = 0;
+    if (probe || !blocking) {
+        rc = semop(semid, nowait_ops, n);
+        if (rc == 0)
+            return 1;
+        if (errno != EAGAIN && errno != EINTR)
+            goto error;
+        *probe_failed = 1;
+        if (!blocking)
+            return 0;
+    }
     if (!dl->infinite && ss_remaining_ns(dl) == 0)
         return 0;
 
@@ -51,6 +64,8 @@ error:
     ss_raise_errno(st, "semop", key, semid);
     return -1;
 }
+
+#define SKIP_PROBE_AFTER_MISS 8
 
 /* ------------------------------------------------------------------------ */
 /* Sem: one member of a set, with acquire/release in C so that the
@@ -197,7 +212,18 @@ sem_acquire(SemObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     short flg = self->undo ? SEM_UNDO : 0;
     struct sembuf op = {self->num, -1, flg};
     struct sembuf op_nowait = {self->num, -1, (short)(flg | IPC_NOWAIT)};
-    int r = ss_semop(self->state, self->semid, &op, &op_nowait, 1, blocking, &dl, self->key);
+    /* The IPC_NOWAIT probe saves a GIL round trip when the semaphore is free,
+     * but is a wasted syscall when it is not.  After a probe finds it taken,
+     * the next few blocking acquires on this handle wait at once (as in a
+     * ping-pong, where every acquire waits). */
+    int probe = !blocking || self->skip_probe == 0;
+    int probe_failed;
+    if (!probe)
+        self->skip_probe--;
+    int r = ss_semop_ex(self->state, self->semid, &op, &op_nowait, 1, blocking, probe, &dl,
+                        self->key, &probe_failed);
+    if (probe_failed && blocking)
+        self->skip_probe = SKIP_PROBE_AFTER_MISS;
     if (r < 0)
         return NULL;
     if (r == 1 && self->is_lock) {
