@@ -236,6 +236,8 @@ class SemaphoreSet:
         subtracted, a zero delta waits for zero.  Returns True when applied,
         False when ``nowait`` is set and it would block, or when ``timeout``
         expires.  Raises RemovedError if the set is removed while waiting."""
+        if nowait and timeout is not None:
+            raise ValueError("can't specify a timeout for a non-blocking call")
         checked = []
         for o in ops:
             if not isinstance(o, tuple) or len(o) not in (2, 3):
