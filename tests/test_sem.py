@@ -597,6 +597,46 @@ def test_sigint_interrupts_a_blocked_waiter(child, name: str) -> None:
         s.remove()
 
 
+ROUNDS = """
+import shmsem
+s = shmsem.SemaphoreSet.from_id({id})
+for i in range({rounds}):
+    input()
+    try:
+        print("ready", flush=True)
+        got = {call}
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    else:
+        print("missed: returned", got, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "call", ["s[0].acquire(timeout=3)", "s.op([(0, -1)], timeout=3)", "s[0].acquire()"]
+)
+def test_sigint_is_never_missed(sem: Semaphore, child, call: str) -> None:
+    """Twenty rounds of SIGINT at varied moments of a blocked wait: every one
+    must interrupt it at once."""
+    import random
+
+    rng = random.Random(475)
+    rounds = 20
+    c = child(ROUNDS.format(id=sem.id, rounds=rounds, call=call))
+    for i in range(rounds):
+        c.send("go")
+        c.expect("ready")
+        time.sleep(rng.uniform(0.01, 0.05))
+        t0 = time.monotonic()
+        c.signal(signal.SIGINT)
+        line = c.readline(timeout=10)
+        late = time.monotonic() - t0 >= 1.5  # a timed call's timeout is 3 s
+        assert line == "interrupted" and not late, (
+            f"round {i + 1} of {rounds}: {line!r} after {time.monotonic() - t0:.2f}s")
+    assert c.wait() == 0
+    assert sem.value == 0
+
+
 # ---------------------------------------------------------------------------
 # Lock
 
