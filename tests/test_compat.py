@@ -7,7 +7,7 @@ from __future__ import annotations
 import pathlib
 import struct
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -69,9 +69,8 @@ def test_constructor_creates_or_opens(unique_key) -> None:
 
 def test_constructor_refuses_a_smaller_existing_segment(unique_key) -> None:
     key = unique_key()
-    with PosixIpcHelper(key, 100):
-        with pytest.raises(shmsem.ExistsError):
-            PosixIpcHelper(key, 200)
+    with PosixIpcHelper(key, 100), pytest.raises(shmsem.ExistsError):
+        PosixIpcHelper(key, 200)
 
 
 def test_attach_existing_size_from_ipc_stat(unique_key) -> None:
@@ -146,7 +145,7 @@ def test_dispose_tolerates_removal_by_someone_else(unique_key) -> None:
     h.dispose()
     assert not shm_exists(shmid)
     with pytest.raises(shmsem.ClosedError):
-        h.shared_memory
+        _ = h.shared_memory
 
 
 def test_segment_across_processes(unique_key, child) -> None:

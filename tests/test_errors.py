@@ -245,7 +245,7 @@ def run_in_ipc_namespace(body: str) -> list[dict[str, Any]]:
     try:
         proc = subprocess.run(
             [unshare, "--ipc", sys.executable, "-c", code],
-            capture_output=True, text=True, timeout=60, cwd="/",
+            capture_output=True, text=True, timeout=60, cwd="/", check=False,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the namespaced child did not finish within 60 s")
@@ -385,7 +385,7 @@ def nobody_python() -> str:
         try:
             r = subprocess.run([exe, "-c", "import shmsem._core"], env=nobody_env(),
                                preexec_fn=_drop_to_nobody, cwd="/", capture_output=True,
-                               timeout=30)
+                               timeout=30, check=False)
         except (OSError, subprocess.SubprocessError) as e:
             tried.append(f"{exe}: {e}")
             continue

@@ -12,7 +12,8 @@ import pickle
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -196,7 +197,7 @@ def test_blocking_send_that_fills_the_queue_returns(q: MessageQueue, child) -> N
 def test_str_is_utf8(q: MessageQueue) -> None:
     text = "h\u00e9llo \u20ac \U0001f600"
     q.send(text, block=False)
-    data, mtype = q.receive(timeout=5)
+    data, _mtype = q.receive(timeout=5)
     assert data == text.encode("utf-8") and isinstance(data, bytes)
 
 

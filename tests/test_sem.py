@@ -13,7 +13,8 @@ import pickle
 import select
 import signal
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 from hypothesis import settings
@@ -101,9 +102,8 @@ def test_semaphore_with(sem: Semaphore) -> None:
         assert got is True
         assert sem.value == 1
     assert sem.value == 2
-    with pytest.raises(KeyError):
-        with sem:
-            raise KeyError
+    with pytest.raises(KeyError), sem:
+        raise KeyError
     assert sem.value == 2
 
 
@@ -967,7 +967,7 @@ def test_set_remove(sset: SemaphoreSet) -> None:
     other = SemaphoreSet(None, 1)
     other.remove()
     with pytest.raises(shmsem.RemovedError):
-        other.values
+        _ = other.values
     with pytest.raises(shmsem.RemovedError):
         other.remove()
 

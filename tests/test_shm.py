@@ -11,7 +11,8 @@ import pickle
 import struct
 import sys
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -108,14 +109,13 @@ def test_open_private_refused(key: Any) -> None:
 
 def test_open_reads_size_from_ipc_stat(unique_key) -> None:
     key = unique_key()
-    with SharedMemory.create(key, 1001) as a:
-        with SharedMemory.open(key) as b:
-            assert b.size == 1001
-            assert (b.created, b.owner, b.key, b.id) == (False, False, key, a.id)
-            a.write(b"from a")
-            assert b.read() == b"from a"
-            b.write_at(100, b"from b")
-            assert a.read_at(100, 6) == b"from b"
+    with SharedMemory.create(key, 1001) as a, SharedMemory.open(key) as b:
+        assert b.size == 1001
+        assert (b.created, b.owner, b.key, b.id) == (False, False, key, a.id)
+        a.write(b"from a")
+        assert b.read() == b"from a"
+        b.write_at(100, b"from b")
+        assert a.read_at(100, 6) == b"from b"
 
 
 def test_create_or_open(unique_key) -> None:
@@ -244,10 +244,9 @@ def test_with_on_non_owner_does_not_remove(seg: SharedMemory) -> None:
 
 
 def test_with_removes_even_on_exception() -> None:
-    with pytest.raises(RuntimeError):
-        with SharedMemory.create(None, 64) as a:
-            sid = a.id
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), SharedMemory.create(None, 64) as a:
+        sid = a.id
+        raise RuntimeError("boom")
     assert not exists(sid)
 
 
@@ -634,8 +633,8 @@ def test_use_after_detach_in_a_subprocess_never_crashes(child) -> None:
     assert rc == 0, f"rc={rc} (negative means killed by a signal)\n{err}"
     assert out.splitlines() == [
         "detach refused while a view is alive",
-        "read:ClosedError read_string:ClosedError write:ClosedError read_at:ClosedError "
-        "write_at:ClosedError buf:ClosedError released view:ValueError",
+        ("read:ClosedError read_string:ClosedError write:ClosedError read_at:ClosedError "
+         "write_at:ClosedError buf:ClosedError released view:ValueError"),
         "done",
     ], out + err
 
