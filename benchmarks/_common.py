@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shmsem._bench.common import *  # noqa: F401,F403
-from shmsem._bench.common import __all__ as _names
+from shmsem._bench.common import *
 
 HERE = Path(__file__).resolve().parent
-
-__all__ = ["HERE", *_names]

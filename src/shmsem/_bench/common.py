@@ -29,13 +29,42 @@ from types import ModuleType
 from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
 __all__ = [
-    "C_DIR", "NOT_INSTALLED", "FULL_TRIALS", "FULL_TRIAL_TIME", "QUICK_TRIALS",
-    "QUICK_TRIAL_TIME", "make_parser", "trial_settings", "optional_import", "Stats",
-    "paired_ratios", "Candidate", "CandidateFailed", "calibrate", "interleaved", "timed_loop",
-    "allowed_cpus", "pinned", "CFloorUnavailable", "compile_c", "run_c", "cleanup",
-    "SHM_DEST", "sysv_objects", "new_private_objects", "machine_info", "describe_machine",
-    "markdown_table", "fmt_num", "fmt_stats", "verdict", "write_json", "Progress", "Worker",
-    "Role", "process_cpu_ns",
+    "C_DIR",
+    "FULL_TRIALS",
+    "FULL_TRIAL_TIME",
+    "NOT_INSTALLED",
+    "QUICK_TRIALS",
+    "QUICK_TRIAL_TIME",
+    "SHM_DEST",
+    "CFloorUnavailable",
+    "Candidate",
+    "CandidateFailed",
+    "Progress",
+    "Role",
+    "Stats",
+    "Worker",
+    "allowed_cpus",
+    "calibrate",
+    "cleanup",
+    "compile_c",
+    "describe_machine",
+    "fmt_num",
+    "fmt_stats",
+    "interleaved",
+    "machine_info",
+    "make_parser",
+    "markdown_table",
+    "new_private_objects",
+    "optional_import",
+    "paired_ratios",
+    "pinned",
+    "process_cpu_ns",
+    "run_c",
+    "sysv_objects",
+    "timed_loop",
+    "trial_settings",
+    "verdict",
+    "write_json",
 ]
 
 C_DIR = Path(__file__).resolve().parent / "c"
@@ -435,7 +464,7 @@ def compile_c(name: str, cflags: Sequence[str] = ("-O2",)) -> Path:
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = out_dir / f".{name}.{os.getpid()}"
     cmd = [gcc, *cflags, "-Wall", "-Wextra", "-o", str(tmp), str(src)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise CFloorUnavailable(f"{' '.join(cmd)} failed:\n{r.stderr}")
     os.replace(tmp, exe)
@@ -474,7 +503,7 @@ def cleanup(stack: contextlib.ExitStack, remove: Callable[[], object], what: str
     def run() -> None:
         try:
             remove()
-        except Exception as e:  # each library has its own "no such object" error
+        except Exception as e:  # noqa: BLE001 - each library has its own "no such object" error
             print(f"[cleanup] {what}: {type(e).__name__}: {e} (removed by another "
                   "process during the run?)", file=sys.stderr, flush=True)
 
