@@ -266,9 +266,38 @@ def build_parser() -> argparse.ArgumentParser:
          "example: shmsem demo",
          _cmd_demo)
 
-    # `bench` (DESIGN.md section 3: `bench [--quick] [--plot FILE.png]`) is added here by
-    # the benchmarks work, in the same way: _add(sub, "bench", ...) with its options and a
-    # function that returns the exit status.  It is deliberately not registered yet.
+    p = _add(sub, "bench", "measure Channel and Mailbox against the peers installed",
+             "Measure shmsem's Channel and Mailbox against multiprocessing.Queue and Pipe, "
+             "os.pipe, and the peers that are installed (sysv_ipc, faster-fifo, pyzmq, "
+             "iceoryx2: pip install 'shmsem[bench]'), next to C floors compiled at run "
+             "time with gcc: throughput of 64 B, 4 KiB and 1 MiB messages and of small "
+             "objects, one by one and in batches; ping-pong round trips on one CPU and on "
+             "two; the CPU an idle blocked consumer burns; Mailbox publish and read.  "
+             "Prints medians of interleaved trials, ratios and the targets; the full run "
+             "takes several minutes, --quick under one.\n"
+             "Everything it creates (System V objects, worker processes, files) is removed "
+             "at the end, on Ctrl-C too.  Method and results: docs/benchmarks.md.",
+             "examples:\n  shmsem bench --quick\n"
+             "  shmsem bench --json results.json --plot results.png\n"
+             "  shmsem bench --markdown > channels.md",
+             _lazy("cmd_bench", "_bench.peers"))
+    p.add_argument("--quick", action="store_true",
+                   help="a short run (under a minute): 3 trials of 0.05 s instead of 11 of 0.3 s")
+    p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw a PNG chart (needs matplotlib)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the tables as Markdown (as in docs/benchmarks.md)")
+    p.add_argument("--trials", type=_positive_int, metavar="N",
+                   help="trials per candidate (overrides --quick)")
+    p.add_argument("--trial-time", type=_positive_float, metavar="SECONDS",
+                   help="target duration of one trial (overrides --quick)")
+    p.add_argument("--cpus", metavar="A,B",
+                   help="CPUs for the ping-pong (side A on A, side B on B) and for --pin "
+                        "(default: the first two this process may run on)")
+    p.add_argument("--pin", action="store_true",
+                   help="pin throughput producers to CPU A and consumers to CPU B "
+                        "(default: unpinned)")
 
     return parser
 
