@@ -16,6 +16,7 @@ import os
 import pickle
 import queue
 import random
+import signal
 import struct
 import threading
 import time
@@ -412,6 +413,49 @@ def test_timeout_none_put_blocks_until_a_thread_gets(make) -> None:
     assert ch.get_bytes(timeout=WAIT) == b"b" * 56
 
 
+@pytest.mark.parametrize("side", ["get", "put"])
+def test_a_signal_landing_anywhere_in_a_blocking_call_interrupts_it(make, side) -> None:
+    """A signal whose handler raises must end a blocking call wherever it
+    lands: while the call spins (GIL released) as well as while it sleeps.
+    SIGALRM is swept over the first 150 us of the call.  A signal that is
+    missed shows as the call running to its timeout first: the handler's
+    exception then has queue.Empty (queue.Full) as its context."""
+
+    class Alarm(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Alarm
+
+    ch = make(64)
+    if side == "put":
+        ch.put_bytes(b"x" * 56)
+        call: Callable[[], Any] = lambda: ch.put_bytes(b"y", timeout=0.5)
+    else:
+        call = lambda: ch.get_bytes(timeout=0.5)
+    old = signal.signal(signal.SIGALRM, handler)
+    missed: list[int] = []
+    try:
+        for us in range(1, 151):
+            try:
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, us / 1e6)
+                    call()
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except Alarm as e:
+                if isinstance(e.__context__, (queue.Empty, queue.Full)):
+                    missed.append(us)
+            if len(missed) >= 3:
+                break
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert missed == [], (
+        f"SIGALRM {missed} us into a blocking {side} was handled only after the call "
+        "timed out")
+
+
 @pytest.mark.parametrize("bad", [-1, -0.001, math.nan, -math.inf])
 def test_negative_or_nan_timeout_raises_value_error(make, bad) -> None:
     ch = make(256)
@@ -568,6 +612,17 @@ def test_out_of_band_record_layout(make, raw) -> None:
     assert bufs == [a.tobytes(), c.tobytes()]
     back = pickle.loads(payload[24 : 24 + plen], buffers=bufs)
     assert np.array_equal(back[0], a) and np.array_equal(back[1], c)
+
+
+def test_header_layout(make, raw) -> None:
+    """docs/protocol.md section 1: the magic spells "SHMSEMCH" in memory."""
+    ch = make(1000)
+    shm = raw(ch)
+    assert shm.read_at(OFF_MAGIC, 8) == b"SHMSEMCH"
+    version, header_size, capacity, stride, pid = struct.unpack("<IIQQI", shm.read_at(8, 28))
+    assert (version, header_size, capacity, stride, pid) == (1, 256, 1000, 0, os.getpid())
+    assert shm.read_at(36, 28) == bytes(28)  # reserved
+    assert shm.size == 256 + 1000
 
 
 def test_kind_of_records(make, raw) -> None:

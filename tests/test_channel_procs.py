@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 import shmsem
-from shmsem import Channel, SharedMemory
+from shmsem import Channel, Mailbox, SharedMemory
 
 WAIT = 20.0  # an upper bound on waits, never an expectation
 
@@ -149,7 +149,7 @@ def proc_shm_line(shmid: int) -> Optional[list[str]]:
 
 def test_three_producers_two_consumers(make, child, tmp_path) -> None:
     ch = make(2048)  # small: the ring wraps constantly and both sides wait
-    per = 4000
+    per = 3000
     producer = child_code(ch.id, """
         p, n = P, N
         rng = random.Random(p)
@@ -235,7 +235,7 @@ def test_producers_killed_mid_put(make, child) -> None:
     on.  No message may be torn, lost or duplicated for the survivors; each
     killed producer's messages must arrive as a gapless prefix."""
     ch = make(1 << 20)
-    kills = 15
+    kills = 12
     steady = child_code(ch.id, """
         i = 0
         rng = random.Random(W)
@@ -244,6 +244,8 @@ def test_producers_killed_mid_put(make, child) -> None:
                 break
             ch.put_bytes(encode(b"S", W, i, os.urandom(rng.randint(0, 300))), timeout=20)
             i += 1
+            if i % 64 == 0:
+                time.sleep(0.001)  # steady, not flooding: the parent checks every message
         print("count", i, ch.stats().recoveries, flush=True)
     """)
     spawner = child_code(ch.id, f"""
@@ -348,8 +350,8 @@ def test_consumers_killed_mid_get(make, child) -> None:
     spawner forks consumers and SIGKILLs each at a random instant.  Nothing
     may be delivered twice, and at most one message per killed consumer may
     go unreported (taken, then killed before it could say so)."""
-    ch = make(1 << 18)
-    kills = 12
+    ch = make(1 << 21)
+    kills = 10
     survivor = child_code(ch.id, """
         while True:
             m = ch.get_bytes(timeout=30)
@@ -408,10 +410,11 @@ def test_consumers_killed_mid_get(make, child) -> None:
     watcher.start()
     seq = 0
     deadline = time.monotonic() + 90
-    pad = os.urandom(8192)
+    pad = os.urandom(1 << 18)
+    sizes = [512, 1 << 14, 1 << 16, 1 << 17, 1 << 18]  # large ones: long lock holds
     while not done.is_set() and time.monotonic() < deadline:
         try:
-            ch.put_bytes(encode(b"M", 0, seq, pad[: 512 + seq % 7000]), timeout=0.05)
+            ch.put_bytes(encode(b"M", 0, seq, pad[: sizes[seq % 5]]), timeout=0.05)
         except queue.Full:
             continue
         seq += 1
@@ -536,10 +539,10 @@ def test_remove_while_a_child_waits(make, child, unique_key) -> None:
 from shmsem import Channel
 ch = Channel.open({key})
 print("ready", flush=True)
-print(ch.get_bytes(timeout=30).decode(), flush=True)
+m = ch.get_bytes(timeout=30).decode()
 ch.put_bytes(b"reply", timeout=30)
 ch.close()
-print("closed", flush=True)
+print(m, "closed", flush=True)
 """)
     c.expect("ready")
     wait_for(lambda: ch.stats().consumers_waiting, "the child to sleep")
@@ -550,9 +553,9 @@ print("closed", flush=True)
     assert line is not None and int(line[0]) == 0  # now private, still there
     assert c.proc.poll() is None
     ch.put_bytes(b"after remove")
-    c.expect("after remove")
+    wait_for(lambda: ch.stats().get_count == 1, "the child to take it")
     assert ch.get_bytes(timeout=WAIT) == b"reply"
-    c.expect("closed")
+    c.expect("after remove closed")
     assert c.wait() == 0
     ch.close()
     assert proc_shm_line(ch.id) is None  # gone with its last attach
@@ -741,3 +744,100 @@ def iter_nowait(ch: Channel) -> Iterator[bytes]:
             yield ch.get_bytes_nowait()
         except queue.Empty:
             return
+
+
+# ---------------------------------------------------------------------------
+# A signal that lands while a blocking call spins
+
+SPIN_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <sched.h>
+#include <signal.h>
+static volatile int armed, fired;
+void shim_arm(void) { armed = 1; }
+void shim_disarm(void) { armed = 0; }
+int shim_fired(void) { return fired; }
+/* The first sched_yield() after shim_arm() raises SIGALRM in the calling
+ * thread: with one CPU allowed, a blocking shmsem call yields from inside its
+ * spin, with the GIL released, before it sleeps. */
+int sched_yield(void)
+{
+    static int (*real)(void);
+    if (!real)
+        real = (int (*)(void))dlsym(RTLD_NEXT, "sched_yield");
+    if (armed) {
+        armed = 0;
+        fired++;
+        raise(SIGALRM);
+    }
+    return real();
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def spin_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("shim")
+    src, so = d / "spin_shim.c", d / "spin_shim.so"
+    src.write_text(SPIN_SHIM)
+    proc = subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Werror",
+                           "-o", str(so), str(src), "-ldl"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return so
+
+
+def test_a_signal_that_lands_while_a_call_spins_is_not_lost(make, child, spin_shim) -> None:
+    """A blocking get/put/wait first spins with the GIL released, then sleeps.
+    A signal delivered during the spin interrupts no system call, so the call
+    must itself run the handlers before it sleeps; otherwise the handler
+    (KeyboardInterrupt on Ctrl-C) waits for the whole timeout, or forever.
+    An LD_PRELOAD shim raises SIGALRM from the spin's first sched_yield()."""
+    empty, full = make(64), make(64)
+    full.put_bytes(b"x" * 56)
+    mb = Mailbox.create(None, 64)
+    try:
+        c = child(f"""
+import ctypes, os, queue, signal, time
+from shmsem import Channel, Mailbox
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})  # one CPU: the spin yields
+shim = ctypes.CDLL(None)
+class Alarm(Exception):
+    pass
+def handler(signum, frame):
+    raise Alarm
+signal.signal(signal.SIGALRM, handler)
+empty, full = Channel.from_id({empty.id}), Channel.from_id({full.id})
+mb = Mailbox.from_id({mb.id})
+def attempt(call):
+    t0 = time.monotonic()
+    try:
+        try:
+            shim.shim_arm()
+            call()
+            return "returned"
+        finally:
+            shim.shim_disarm()
+    except Alarm as e:
+        if isinstance(e.__context__, (queue.Empty, queue.Full)):
+            return "after-timeout"
+        return "interrupted %.3f" % (time.monotonic() - t0)
+    except (queue.Empty, queue.Full):
+        return "timed-out"
+print("get", attempt(lambda: empty.get_bytes(timeout=1)), flush=True)
+print("put", attempt(lambda: full.put_bytes(b"y", timeout=1)), flush=True)
+print("wait", attempt(lambda: mb.wait(0, timeout=10)), flush=True)
+print("fired", shim.shim_fired(), flush=True)
+""", env=dict(os.environ, LD_PRELOAD=str(spin_shim)))
+        rc, out, err = c.finish(timeout=60)
+        assert rc == 0, err
+        lines = dict(line.split(" ", 1) for line in out.splitlines())
+        assert lines["fired"] == "3", f"the shim never ran inside the calls: {out}"
+        assert lines["get"].startswith("interrupted"), lines["get"]
+        assert lines["put"].startswith("interrupted"), lines["put"]
+        # wait() returns None on timeout, so only the time tells: 10 s if missed.
+        how, elapsed = lines["wait"].split()
+        assert how == "interrupted" and float(elapsed) < 5, lines["wait"]
+    finally:
+        mb.close()

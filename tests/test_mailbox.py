@@ -201,6 +201,17 @@ def test_stats(make) -> None:
     assert s["current_cell"] in (0, 1)
 
 
+def test_header_layout(make, raw) -> None:
+    """docs/protocol.md section 1: the magic spells "SHMSEMMB" in memory."""
+    mb = make(1000)
+    shm = raw(mb)
+    assert shm.read_at(OFF_MAGIC, 8) == b"SHMSEMMB"
+    version, header_size, capacity, stride, pid = struct.unpack("<IIQQI", shm.read_at(8, 28))
+    assert (version, header_size, capacity, stride, pid) == (1, 128, 1000, stride_for(1000),
+                                                             os.getpid())
+    assert shm.size == 128 + 2 * stride_for(1000)
+
+
 def test_cells_alternate_and_layout_matches_the_protocol(make, raw) -> None:
     mb = make(100)
     shm = raw(mb)
@@ -506,8 +517,8 @@ def test_writer_hammering_two_readers(make, child) -> None:
                 sys.exit(1)
             seq = got
         print("published", seq, flush=True)
-    """, CAP=cap, DURATION=2.0))
-    readers = [child(mb_code(mb.id, READER, READER_ID=i, DURATION=2.5)) for i in range(2)]
+    """, CAP=cap, DURATION=1.5))
+    readers = [child(mb_code(mb.id, READER, READER_ID=i, DURATION=2.0)) for i in range(2)]
     line = writer.readline(timeout=WAIT).split()
     assert line[0] == "published", line
     total = int(line[1])
@@ -570,9 +581,9 @@ def test_writers_killed_mid_publish(make, child) -> None:
     them while they hold the writer lock.  A reader checks every value all
     along; afterwards the last complete value reads back intact and a new
     writer can publish (the lock is taken over)."""
-    cap = 4 << 20
+    cap = 1 << 20
     mb = make(cap)
-    kills = 12
+    kills = 10
     spawner = child(mb_code(mb.id, """
         block = os.urandom(CAP)
         held = 0
@@ -659,17 +670,15 @@ def test_wait_in_a_child_is_woken_by_publish(make, child) -> None:
     assert c.wait() == 0
 
 
-def test_wait_in_a_child_times_out_and_sigint_interrupts(make, child) -> None:
+def test_sigint_interrupts_wait_in_a_child(make, child) -> None:
     mb = make(100)
     c = child(mb_code(mb.id, """
-        print(mb.wait(0, timeout=0.05), flush=True)
         try:
             print("ready", flush=True)
             mb.wait(0, timeout=60)
         except KeyboardInterrupt:
             print("KeyboardInterrupt", flush=True)
     """))
-    c.expect("None")
     c.expect("ready")
     wait_for(lambda: mb.stats()["waiting"] == 1, "the child to sleep")
     c.signal(signal.SIGINT)

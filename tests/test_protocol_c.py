@@ -450,7 +450,7 @@ def test_fallback_identities_of_section_2(make, background, case) -> None:
         c.send_signal(signal.SIGKILL)
         c.wait(WAIT)
         try:
-            got = ch.get_bytes(timeout=3)
+            got = ch.get_bytes(timeout=2)
         except queue.Empty:
             pytest.fail("a dead holder with a fallback identity (pid | 1 << 32) is never "
                         "recovered: shmsem treats its ns_tag byte 0 as another namespace")

@@ -46,8 +46,13 @@
 #define EXIT_CORRUPT 4
 #define EXIT_TIMEOUT 5
 
-/* Section 1 */
-#define MAGIC_CHANNEL UINT64_C(0x484345534d484853) /* "SHMSEMCH" */
+/* Section 1: "SHMSEMCH" as 8 ASCII bytes, loaded as a little-endian u64 */
+static uint64_t magic_channel(void)
+{
+    uint64_t m;
+    memcpy(&m, "SHMSEMCH", 8);
+    return m;
+}
 #define VERSION 1
 #define CH_HEADER_SIZE 256
 
@@ -282,7 +287,7 @@ static void attach(int shmid)
     memcpy(&version, base + 8, 4);
     memcpy(&header_size, base + 12, 4);
     memcpy(&cap, base + 16, 8);
-    if (magic != MAGIC_CHANNEL || version != VERSION || header_size != CH_HEADER_SIZE) {
+    if (magic != magic_channel() || version != VERSION || header_size != CH_HEADER_SIZE) {
         fprintf(stderr, "not a version-1 channel (magic %llx version %u header %u)\n",
                 (unsigned long long)magic, version, header_size);
         exit(EXIT_REFUSED);
@@ -601,7 +606,7 @@ static int cmd_create(unsigned long long cap)
     memcpy(base + 16, &c, 8);
     memcpy(base + 24, &stride, 8);
     memcpy(base + 32, &pid, 4);
-    atomic_store_explicit(f64(0), MAGIC_CHANNEL, memory_order_release);
+    atomic_store_explicit(f64(0), magic_channel(), memory_order_release);
     printf("%d\n", shmid);
     return 0;
 }
