@@ -317,6 +317,9 @@ shmsem_exec(PyObject *module)
     if (st->queue_empty == NULL || st->queue_full == NULL)
         return -1;
 
+    st->pin_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &ss_pin_spec, NULL);
+    if (st->pin_type == NULL)
+        return -1;
     if (add_type(module, &ss_segment_spec, &st->segment_type) < 0 ||
         add_type(module, &ss_sem_spec, &st->sem_type) < 0 ||
         add_type(module, &ss_channel_spec, &st->channel_type) < 0 ||
@@ -360,6 +363,7 @@ shmsem_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->queue_empty);
     Py_VISIT(st->queue_full);
     Py_VISIT(st->segment_type);
+    Py_VISIT(st->pin_type);
     Py_VISIT(st->sem_type);
     Py_VISIT(st->channel_type);
     Py_VISIT(st->mailbox_type);
@@ -374,6 +378,7 @@ shmsem_clear(PyObject *module)
     Py_CLEAR(st->queue_empty);
     Py_CLEAR(st->queue_full);
     Py_CLEAR(st->segment_type);
+    Py_CLEAR(st->pin_type);
     Py_CLEAR(st->sem_type);
     Py_CLEAR(st->channel_type);
     Py_CLEAR(st->mailbox_type);

@@ -1,9 +1,12 @@
 /* Segment: one shmat() mapping of a System V shared memory segment.
  *
  * Safety rules, in order of importance:
- *  - addr is NULL once detached, and every access checks it first;
- *  - detach() refuses while buffer views are exported (exports > 0) or while
- *    another thread is copying with the GIL released (busy > 0);
+ *  - addr is NULL once unmapped, and every access checks it first;
+ *  - detach() refuses while views exist (exports > 0);
+ *  - an operation that may release the GIL or run Python code holds `busy`
+ *    from start to end; detach() during one only marks the segment closing,
+ *    and the last operation to leave unmaps it, so no operation ever finds
+ *    its memory gone under it;
  *  - lengths read from shared memory are read once into a local, checked
  *    against the size of *this* mapping, and only then used, so a hostile
  *    writer changing them concurrently cannot make us read out of bounds.
@@ -24,15 +27,30 @@ ss_segment_raise(SegmentObject *seg, const char *kind, const char *detail)
 void
 ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n)
 {
+    /* memmove: a caller may copy from a view of this very segment. */
     if (n < SS_NOGIL_COPY_THRESHOLD) {
-        memcpy(dst, src, n);
+        memmove(dst, src, n);
         return;
     }
-    seg->busy++;
     Py_BEGIN_ALLOW_THREADS
-    memcpy(dst, src, n);
+    memmove(dst, src, n);
     Py_END_ALLOW_THREADS
-    seg->busy--;
+}
+
+static void
+segment_unmap(SegmentObject *seg)
+{
+    void *addr = seg->addr;
+    seg->addr = NULL;
+    seg->closing = 0;
+    shmdt(addr); /* cannot fail for an address shmat returned */
+}
+
+void
+ss_segment_leave(SegmentObject *seg)
+{
+    if (--seg->busy == 0 && seg->closing && seg->exports == 0 && seg->addr != NULL)
+        segment_unmap(seg);
 }
 
 static PyObject *
@@ -100,33 +118,77 @@ segment_traverse(SegmentObject *self, visitproc visit, void *arg)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Buffer protocol. */
+/* Buffer protocol.
+ *
+ * Every export is backed by its own small "pin" object, which becomes the
+ * Py_buffer's obj and keeps the mapping alive for as long as it lives, not
+ * just until the buffer is released.  This matters because some consumers
+ * release the buffer at once and keep only a reference to its obj: NumPy's
+ * ndarray(buffer=memoryview) does exactly that.  With the pin as obj, such an
+ * array still holds the mapping, and detach() refuses while it exists. */
+
+typedef struct {
+    PyObject_HEAD
+    SegmentObject *seg;
+} PinObject;
+
+static void
+pin_dealloc(PinObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    self->seg->exports--;
+    Py_DECREF(self->seg);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int
+pin_getbuffer(PinObject *self, Py_buffer *view, int flags)
+{
+    /* Only reached if someone asks the pin itself for a buffer again. */
+    SegmentObject *seg = self->seg;
+    view->obj = NULL;
+    if (seg->addr == NULL) { /* cannot happen while this pin lives; be safe */
+        ss_segment_raise(seg, "closed", "shared memory segment is detached");
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, (PyObject *)self, seg->addr, seg->size, seg->readonly, flags);
+}
+
+static PyType_Slot pin_slots[] = {
+    {Py_tp_dealloc, pin_dealloc},
+    {Py_bf_getbuffer, pin_getbuffer},
+    {Py_tp_doc, "Keeps a segment mapped while a view of it exists."},
+    {0, NULL},
+};
+
+PyType_Spec ss_pin_spec = {
+    .name = "shmsem._core.SegmentPin",
+    .basicsize = sizeof(PinObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = pin_slots,
+};
 
 static int
 segment_getbuffer(SegmentObject *self, Py_buffer *view, int flags)
 {
-    if (self->addr == NULL) {
-        view->obj = NULL;
-        ss_segment_raise(self, "closed", "shared memory segment is detached");
+    view->obj = NULL;
+    if (ss_segment_addr(self) == NULL)
         return -1;
-    }
     if ((flags & PyBUF_WRITABLE) && self->readonly) {
-        view->obj = NULL;
         PyErr_SetString(PyExc_BufferError,
                         "segment is attached read-only; a writable view is not available");
         return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->size, self->readonly,
-                          flags) < 0)
+    PinObject *pin = PyObject_New(PinObject, self->state->pin_type);
+    if (pin == NULL)
         return -1;
+    pin->seg = (SegmentObject *)Py_NewRef(self);
     self->exports++;
-    return 0;
-}
-
-static void
-segment_releasebuffer(SegmentObject *self, Py_buffer *view)
-{
-    self->exports--;
+    int rc = PyBuffer_FillInfo(view, (PyObject *)pin, self->addr, self->size, self->readonly,
+                               flags);
+    Py_DECREF(pin); /* the view holds it now (or it is freed on failure) */
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -139,20 +201,19 @@ segment_detach(SegmentObject *self, PyObject *unused)
         Py_RETURN_NONE;
     if (self->exports > 0) {
         PyErr_Format(PyExc_BufferError,
-                     "cannot detach segment id=%d: %zd exported view(s) (memoryview or "
-                     "ndarray) are still alive; release them first",
+                     "cannot detach segment id=%d: %zd view(s) of it (memoryview or "
+                     "ndarray) are still alive; delete or release them first",
                      self->shmid, self->exports);
         return NULL;
     }
     if (self->busy > 0) {
-        PyErr_Format(PyExc_BufferError,
-                     "cannot detach segment id=%d: another thread is using it", self->shmid);
-        return NULL;
+        /* An operation is in progress (another thread copying or waiting, or
+         * the caller itself, from a signal handler).  It sees `closing` and
+         * stops; the last one out unmaps. */
+        self->closing = 1;
+        Py_RETURN_NONE;
     }
-    void *addr = self->addr;
-    self->addr = NULL;
-    if (shmdt(addr) < 0)
-        return ss_raise_errno(self->state, "shmdt", NULL, self->shmid);
+    segment_unmap(self);
     Py_RETURN_NONE;
 }
 
@@ -187,18 +248,23 @@ segment_read_at(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!ss_check_nargs("read_at", nargs, 2, 2))
         return NULL;
-    Py_ssize_t offset = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+    /* NULL: out-of-range ints clamp, and then fail the bounds check below
+     * with ValueError like any other out-of-range value. */
+    Py_ssize_t offset = PyNumber_AsSsize_t(args[0], NULL);
     if (offset == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t n = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    Py_ssize_t n = PyNumber_AsSsize_t(args[1], NULL);
     if (n == -1 && PyErr_Occurred())
         return NULL;
     if (ss_segment_addr(self) == NULL || check_range(self, offset, n) < 0)
         return NULL;
     PyObject *out = PyBytes_FromStringAndSize(NULL, n);
-    if (out == NULL)
+    if (out == NULL || ss_segment_enter(self) == NULL) {
+        Py_XDECREF(out);
         return NULL;
+    }
     ss_copy(self, PyBytes_AS_STRING(out), self->addr + offset, (size_t)n);
+    ss_segment_leave(self);
     return out;
 }
 
@@ -207,17 +273,18 @@ segment_write_at(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!ss_check_nargs("write_at", nargs, 2, 2))
         return NULL;
-    Py_ssize_t offset = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+    Py_ssize_t offset = PyNumber_AsSsize_t(args[0], NULL);
     if (offset == -1 && PyErr_Occurred())
         return NULL;
-    if (check_writable(self) < 0)
-        return NULL;
+    /* Buffer first: getting it may run Python code (__buffer__) that detaches. */
     Py_buffer data;
     if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *result = NULL;
-    if (check_range(self, offset, data.len) == 0) {
+    if (check_writable(self) == 0 && check_range(self, offset, data.len) == 0 &&
+        ss_segment_enter(self) != NULL) {
         ss_copy(self, self->addr + offset, data.buf, (size_t)data.len);
+        ss_segment_leave(self);
         result = PyLong_FromSsize_t(data.len);
     }
     PyBuffer_Release(&data);
@@ -244,17 +311,18 @@ segment_read_frame(SegmentObject *self, PyObject *unused)
         return ss_segment_raise(self, "frame", detail);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, len);
-    if (out == NULL)
+    if (out == NULL || ss_segment_enter(self) == NULL) {
+        Py_XDECREF(out);
         return NULL;
+    }
     ss_copy(self, PyBytes_AS_STRING(out), self->addr + 4, (size_t)len);
+    ss_segment_leave(self);
     return out;
 }
 
 static PyObject *
 segment_write_frame(SegmentObject *self, PyObject *arg)
 {
-    if (check_writable(self) < 0)
-        return NULL;
     const char *buf;
     Py_ssize_t len;
     Py_buffer view = {0};
@@ -271,20 +339,25 @@ segment_write_frame(SegmentObject *self, PyObject *arg)
         len = view.len;
     }
     PyObject *result = NULL;
+    /* Checked after getting the buffer, which may run Python code. */
+    if (check_writable(self) < 0)
+        goto done;
     if (len > self->size - 4 || len > INT32_MAX) {
         PyErr_Format(PyExc_ValueError,
                      "frame payload of %zd bytes does not fit segment id=%d of %zd bytes "
                      "(at most %zd after the 4-byte header)",
                      len, self->shmid, self->size, self->size > 4 ? self->size - 4 : 0);
-    } else {
+    } else if (ss_segment_enter(self) != NULL) {
         ss_copy(self, self->addr + 4, buf, (size_t)len);
         int32_t hdr = (int32_t)len;
         /* Payload first, then the length, so a reader polling the header never
          * sees a new length over old bytes on this (TSO) machine. */
         atomic_thread_fence(memory_order_release);
         memcpy(self->addr, &hdr, sizeof hdr);
+        ss_segment_leave(self);
         result = PyLong_FromSsize_t(len);
     }
+done:
     if (have_view)
         PyBuffer_Release(&view);
     return result;
@@ -293,7 +366,7 @@ segment_write_frame(SegmentObject *self, PyObject *arg)
 static PyObject *
 segment_get_attached(SegmentObject *self, void *closure)
 {
-    return PyBool_FromLong(self->addr != NULL);
+    return PyBool_FromLong(self->addr != NULL && !self->closing);
 }
 
 static PyObject *
@@ -337,7 +410,8 @@ static PyMemberDef segment_members[] = {
 
 static PyGetSetDef segment_getset[] = {
     {"attached", (getter)segment_get_attached, NULL, "False once detached", NULL},
-    {"exports", (getter)segment_get_exports, NULL, "number of live buffer views", NULL},
+    {"exports", (getter)segment_get_exports, NULL,
+     "number of live views (each keeps the mapping until it is freed)", NULL},
     {"address", (getter)segment_get_address, NULL, "mapping address (diagnostics)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -350,7 +424,6 @@ static PyType_Slot segment_slots[] = {
     {Py_tp_members, segment_members},
     {Py_tp_getset, segment_getset},
     {Py_bf_getbuffer, segment_getbuffer},
-    {Py_bf_releasebuffer, segment_releasebuffer},
     {Py_tp_doc,
      "Segment(shmid, readonly=False)\n--\n\n"
      "One attachment (shmat) of a System V shared memory segment, exported\n"

@@ -69,6 +69,7 @@ typedef struct {
     PyObject *queue_empty;    /* queue.Empty */
     PyObject *queue_full;     /* queue.Full */
     PyTypeObject *segment_type;
+    PyTypeObject *pin_type;
     PyTypeObject *sem_type;
     PyTypeObject *channel_type;
     PyTypeObject *mailbox_type;
@@ -190,13 +191,15 @@ ss_cpu_relax(void)
 typedef struct {
     PyObject_HEAD
     ss_state *state;
-    char *addr;            /* NULL once detached: every access checks it */
+    char *addr;            /* NULL once unmapped: every access checks it */
     Py_ssize_t size;
     int shmid;
     int key;               /* from IPC_STAT at attach, for error messages */
     int readonly;
-    Py_ssize_t exports;    /* live buffer views */
-    Py_ssize_t busy;       /* operations running with the GIL released */
+    Py_ssize_t exports;    /* live pins: views that keep the mapping (segment.c) */
+    Py_ssize_t busy;       /* operations in progress; the mapping stays while > 0 */
+    int closing;           /* detach requested: nothing new starts, and the last
+                              operation to leave unmaps */
     PyObject *weakreflist;
 } SegmentObject;
 
@@ -205,19 +208,35 @@ PyObject *ss_segment_raise(SegmentObject *seg, const char *kind, const char *det
 /* FormatError about this segment, printf-style. */
 PyObject *ss_raise_format(SegmentObject *seg, const char *fmt, ...);
 
-/* Returns the mapping, or NULL with ClosedError set when detached. */
+/* The mapping for a quick access that neither releases the GIL nor runs
+ * Python code; NULL with ClosedError set when detached or being detached. */
 static inline char *
 ss_segment_addr(SegmentObject *seg)
 {
-    if (seg->addr == NULL) {
+    if (seg->addr == NULL || seg->closing) {
         ss_segment_raise(seg, "closed", "shared memory segment is detached");
         return NULL;
     }
     return seg->addr;
 }
 
-/* Copy with the GIL released when the copy is large.  The segment's busy count
- * keeps another thread from detaching it meanwhile. */
+/* Begin an operation that may release the GIL or run Python code (signal
+ * handlers, finalizers).  While any operation is in progress the mapping
+ * stays: detach() only marks the segment closing, and the last operation to
+ * leave unmaps it.  Every successful enter is paired with ss_segment_leave. */
+static inline char *
+ss_segment_enter(SegmentObject *seg)
+{
+    char *addr = ss_segment_addr(seg);
+    if (addr != NULL)
+        seg->busy++;
+    return addr;
+}
+
+void ss_segment_leave(SegmentObject *seg);
+
+/* memmove, with the GIL released when it is large.  The caller is inside an
+ * operation (ss_segment_enter), which keeps the mapping meanwhile. */
 void ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n);
 
 #define SS_NOGIL_COPY_THRESHOLD (256 * 1024)
@@ -238,10 +257,11 @@ enum { SS_LOCK_OK = 0, SS_LOCK_RECOVERED = 1, SS_LOCK_TIMEOUT = 2, SS_LOCK_ERROR
 uint64_t ss_self_ident(void);
 /* Fast path: try once, holding the GIL. Returns SS_LOCK_OK or SS_LOCK_TIMEOUT. */
 int ss_plock_try(ss_plock *lk);
-/* Slow path: called with the GIL held; releases it while waiting.
- * Returns SS_LOCK_OK / SS_LOCK_RECOVERED / SS_LOCK_TIMEOUT, or SS_LOCK_ERROR
- * with a Python exception set (a signal handler raised). */
-int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl);
+/* Slow path: called with the GIL held, inside an operation on seg; releases
+ * the GIL while waiting.  Returns SS_LOCK_OK / SS_LOCK_RECOVERED / SS_LOCK_TIMEOUT,
+ * or SS_LOCK_ERROR with a Python exception set (a signal handler raised, or
+ * the segment is being detached). */
+int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg);
 void ss_plock_release(ss_plock *lk);
 int ss_pid_alive(uint64_t ident);
 
@@ -249,6 +269,7 @@ int ss_pid_alive(uint64_t ident);
 /* Type specs, defined in their own files. */
 
 extern PyType_Spec ss_segment_spec;
+extern PyType_Spec ss_pin_spec;
 extern PyType_Spec ss_sem_spec;
 extern PyType_Spec ss_channel_spec;
 extern PyType_Spec ss_mailbox_spec;
