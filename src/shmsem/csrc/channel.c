@@ -71,7 +71,6 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
     int single_cpu = ncpus_allowed() <= 1;
     int result = 0;
 
-    seg->busy++;
     PyThreadState *ts = PyEval_SaveThread();
 
     /* Spin: the peer is probably busy producing or consuming right now, and a
@@ -110,8 +109,18 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
     if (spin->spin_ns < SS_SPIN_MIN_NS)
         spin->spin_ns = SS_SPIN_MIN_NS;
 
-    /* Sleep on the futex, registered in `waiting`, in bounded slices. */
+    /* Sleep on the futex, registered in `waiting`, in bounded slices.  Signal
+     * handlers run after every slice and every wake, not only after EINTR: a
+     * signal that arrived while we were spinning interrupted nothing. */
     for (;;) {
+        PyEval_RestoreThread(ts);
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        if (seg->closing) {
+            ss_segment_raise(seg, "closed", "the segment was detached while waiting");
+            return -1;
+        }
+        ts = PyEval_SaveThread();
         uint32_t e = atomic_load(event);
         atomic_store(waiting, 1);
         atomic_thread_fence(memory_order_seq_cst);
@@ -129,14 +138,7 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
             if (rem < slice)
                 slice = rem;
         }
-        if (ss_futex_wait(event, e, slice) < 0 && errno == EINTR) {
-            PyEval_RestoreThread(ts);
-            if (PyErr_CheckSignals() < 0) {
-                seg->busy--;
-                return -1;
-            }
-            ts = PyEval_SaveThread();
-        }
+        ss_futex_wait(event, e, slice);
         if (ready(ctx)) {
             result = 1;
             break;
@@ -144,7 +146,6 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
     }
 done:
     PyEval_RestoreThread(ts);
-    seg->busy--;
     return result;
 }
 
@@ -191,15 +192,32 @@ record_size(uint64_t payload)
     return SS_RECORD_HEADER + ((payload + 7) & ~(uint64_t)7);
 }
 
-/* The mapped header, or NULL with ClosedError set. */
+/* Start an operation (ss_segment_enter): the mapped header, with *segp set to
+ * a new reference to the segment; channel_leave ends it.  The reference keeps
+ * the segment object alive, and the operation keeps it mapped, even if
+ * another thread closes the channel while we wait with the GIL released.
+ * NULL with ClosedError set when closed. */
 static ss_channel_header *
-channel_header(ChannelObject *self)
+channel_enter(ChannelObject *self, SegmentObject **segp)
 {
-    if (self->seg == NULL) {
-        ss_raise_closed(self->state, "channel is not attached");
+    SegmentObject *seg = self->seg;
+    if (seg == NULL) {
+        ss_raise_closed(self->state, "channel is closed");
         return NULL;
     }
-    return (ss_channel_header *)ss_segment_addr(self->seg);
+    char *base = ss_segment_enter(seg);
+    if (base == NULL)
+        return NULL;
+    Py_INCREF(seg);
+    *segp = seg;
+    return (ss_channel_header *)base;
+}
+
+static void
+channel_leave(SegmentObject *seg)
+{
+    ss_segment_leave(seg);
+    Py_DECREF(seg);
 }
 
 static inline char *
@@ -209,27 +227,29 @@ ring_of(ss_channel_header *h)
 }
 
 static void
-ring_write(ChannelObject *self, char *ring, uint64_t pos, const void *src, uint64_t n)
+ring_write(ChannelObject *self, SegmentObject *seg, char *ring, uint64_t pos, const void *src,
+           uint64_t n)
 {
     uint64_t p = pos % self->capacity;
     uint64_t first = self->capacity - p;
     if (first > n)
         first = n;
-    ss_copy(self->seg, ring + p, src, first);
+    ss_copy(seg, ring + p, src, first);
     if (n > first)
-        ss_copy(self->seg, ring, (const char *)src + first, n - first);
+        ss_copy(seg, ring, (const char *)src + first, n - first);
 }
 
 static void
-ring_read(ChannelObject *self, const char *ring, uint64_t pos, void *dst, uint64_t n)
+ring_read(ChannelObject *self, SegmentObject *seg, const char *ring, uint64_t pos, void *dst,
+          uint64_t n)
 {
     uint64_t p = pos % self->capacity;
     uint64_t first = self->capacity - p;
     if (first > n)
         first = n;
-    ss_copy(self->seg, dst, ring + p, first);
+    ss_copy(seg, dst, ring + p, first);
     if (n > first)
-        ss_copy(self->seg, (char *)dst + first, ring, n - first);
+        ss_copy(seg, (char *)dst + first, ring, n - first);
 }
 
 /* Even a non-blocking call waits this long for a lock: a peer holds it only
@@ -237,7 +257,8 @@ ring_read(ChannelObject *self, const char *ring, uint64_t pos, void *dst, uint64
 #define NOWAIT_LOCK_NS 50000000LL
 
 static int
-lock_side(ChannelObject *self, ss_plock *lk, int blocking, const ss_deadline *dl)
+lock_side(ChannelObject *self, SegmentObject *seg, ss_plock *lk, int blocking,
+          const ss_deadline *dl)
 {
     if (ss_plock_try(lk) == SS_LOCK_OK)
         return SS_LOCK_OK;
@@ -247,9 +268,7 @@ lock_side(ChannelObject *self, ss_plock *lk, int blocking, const ss_deadline *dl
         brief.deadline_ns = ss_now_ns() + NOWAIT_LOCK_NS;
         dl = &brief;
     }
-    self->seg->busy++;
-    int r = ss_plock_acquire(lk, dl);
-    self->seg->busy--;
+    int r = ss_plock_acquire(lk, dl, seg);
     if (r == SS_LOCK_RECOVERED) {
         self->recoveries++;
         r = SS_LOCK_OK;
@@ -258,9 +277,9 @@ lock_side(ChannelObject *self, ss_plock *lk, int blocking, const ss_deadline *dl
 }
 
 static void
-raise_corrupt(ChannelObject *self, const char *what, uint64_t a, uint64_t b)
+raise_corrupt(ChannelObject *self, SegmentObject *seg, const char *what, uint64_t a, uint64_t b)
 {
-    ss_raise_format(self->seg,
+    ss_raise_format(seg,
                     "channel is corrupt: %s (%llu, %llu; capacity %llu)", what,
                     (unsigned long long)a, (unsigned long long)b,
                     (unsigned long long)self->capacity);
@@ -297,8 +316,9 @@ has_data(void *p)
  * parts [first[r], first[r+1]).  All records are committed at once.
  * Returns 1 done, 0 no room (not blocking, or timed out), -1 error. */
 static int
-channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ssize_t *first,
-            Py_ssize_t nrec, int blocking, const ss_deadline *dl)
+channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const int *kinds,
+            Py_buffer *parts, const Py_ssize_t *first, Py_ssize_t nrec, int blocking,
+            const ss_deadline *dl)
 {
     uint64_t need = 0;
     for (Py_ssize_t r = 0; r < nrec; r++) {
@@ -325,10 +345,9 @@ channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ss
     }
 
     for (;;) {
-        ss_channel_header *h = channel_header(self);
-        if (h == NULL)
+        if (ss_segment_addr(seg) == NULL)
             return -1;
-        int lr = lock_side(self, &h->prod_lock, blocking, dl);
+        int lr = lock_side(self, seg, &h->prod_lock, blocking, dl);
         if (lr == SS_LOCK_ERROR)
             return -1;
         if (lr == SS_LOCK_TIMEOUT)
@@ -342,7 +361,7 @@ channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ss
         }
         if ((t & 7) || t - hd > self->capacity) {
             ss_plock_release(&h->prod_lock);
-            raise_corrupt(self, "tail and head are inconsistent", t, hd);
+            raise_corrupt(self, seg, "tail and head are inconsistent", t, hd);
             return -1;
         }
         if (self->capacity - (t - hd) >= need) {
@@ -353,10 +372,10 @@ channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ss
                 for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
                     len += (uint64_t)parts[i].len;
                 uint32_t rh[2] = {(uint32_t)len, (uint32_t)kinds[r]};
-                ring_write(self, ring, pos, rh, sizeof rh);
+                ring_write(self, seg, ring, pos, rh, sizeof rh);
                 uint64_t at = pos + SS_RECORD_HEADER;
                 for (Py_ssize_t i = first[r]; i < first[r + 1]; i++) {
-                    ring_write(self, ring, at, parts[i].buf, (uint64_t)parts[i].len);
+                    ring_write(self, seg, ring, at, parts[i].buf, (uint64_t)parts[i].len);
                     at += (uint64_t)parts[i].len;
                 }
                 pos += record_size(len);
@@ -375,8 +394,8 @@ channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ss
         if (!blocking)
             return 0;
         space_ctx ctx = {self, h, need};
-        int w = ss_wait_until(self->seg, has_space, &ctx, &h->space_event,
-                              &h->producers_waiting, dl, &self->spin_put);
+        int w = ss_wait_until(seg, has_space, &ctx, &h->space_event, &h->producers_waiting,
+                              dl, &self->spin_put);
         if (w <= 0)
             return w;
     }
@@ -386,6 +405,12 @@ channel_put(ChannelObject *self, const int *kinds, Py_buffer *parts, const Py_ss
 
 enum { TAKE_BYTES, TAKE_RECORD, TAKE_INTO };
 
+/* Problems found while the consumer lock is held.  They are raised only
+ * after unlocking: building an exception may run Python code (the error
+ * factory, a garbage collection and its finalizers), and no Python code may
+ * run while we hold a lock that it could try to take again. */
+enum { TAKE_OK, TAKE_ERR_COUNTERS, TAKE_ERR_RECORD, TAKE_ERR_TOO_SMALL, TAKE_ERR_NOMEM };
+
 typedef struct {
     int mode;
     Py_ssize_t max;          /* messages to take at most */
@@ -394,11 +419,15 @@ typedef struct {
     PyObject *result;        /* single: bytes (or bytearray for OOB records) */
     int kind;                /* single: record kind */
     Py_ssize_t nbytes;       /* TAKE_INTO: bytes copied */
+    int err;                 /* TAKE_ERR_* */
+    uint64_t err_a, err_b;
 } take_req;
 
-/* Returns the number of messages taken (>= 1), 0 when empty, -1 error. */
-static int
-channel_take_locked(ChannelObject *self, ss_channel_header *h, take_req *req)
+/* Returns the number of messages taken (>= 1), 0 when empty, -1 with
+ * req->err set (and no Python exception). */
+static Py_ssize_t
+channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *h,
+                    take_req *req)
 {
     char *ring = ring_of(h);
     uint64_t hd = atomic_load_explicit(&h->head, memory_order_relaxed);
@@ -408,66 +437,80 @@ channel_take_locked(ChannelObject *self, ss_channel_header *h, take_req *req)
         self->cached_tail = t;
     }
     if ((hd & 7) || t - hd > self->capacity) {
-        raise_corrupt(self, "tail and head are inconsistent", t, hd);
+        req->err = TAKE_ERR_COUNTERS;
+        req->err_a = t;
+        req->err_b = hd;
         return -1;
     }
     Py_ssize_t taken = 0;
     while (hd != t && taken < req->max) {
         uint32_t rh[2];
-        ring_read(self, ring, hd, rh, sizeof rh);
+        ring_read(self, seg, ring, hd, rh, sizeof rh);
         uint64_t len = rh[0];
         int kind = (int)(rh[1] & 0xff);
         uint64_t rec = record_size(len);
         if (rec > t - hd) {
-            raise_corrupt(self, "record runs past tail", len, t - hd);
-            goto fail;
+            req->err = TAKE_ERR_RECORD;
+            req->err_a = len;
+            req->err_b = t - hd;
+            break;
         }
+        /* Only objects the garbage collector does not track are created
+         * here (bytes, bytearray, small ints, list growth), so no collection
+         * and no finalizer can run while the lock is held. */
         PyObject *obj = NULL;
         if (req->mode == TAKE_INTO) {
             if ((uint64_t)req->into->len < len) {
-                PyErr_Format(PyExc_ValueError,
-                             "next message has %llu bytes, more than the %zd-byte buffer "
-                             "(it stays in the channel)",
-                             (unsigned long long)len, req->into->len);
-                goto fail;
+                req->err = TAKE_ERR_TOO_SMALL;
+                req->err_a = len;
+                req->err_b = (uint64_t)req->into->len;
+                break;
             }
-            ring_read(self, ring, hd + SS_RECORD_HEADER, req->into->buf, len);
+            ring_read(self, seg, ring, hd + SS_RECORD_HEADER, req->into->buf, len);
             req->nbytes = (Py_ssize_t)len;
         } else {
+            char *dst = NULL;
             if (req->mode == TAKE_RECORD && kind == SS_KIND_PICKLE_OOB) {
                 /* Out-of-band buffers become writable arrays: back them with
                  * a bytearray. */
                 obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
                 if (obj != NULL)
-                    ring_read(self, ring, hd + SS_RECORD_HEADER, PyByteArray_AS_STRING(obj), len);
+                    dst = PyByteArray_AS_STRING(obj);
             } else {
                 obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
                 if (obj != NULL)
-                    ring_read(self, ring, hd + SS_RECORD_HEADER, PyBytes_AS_STRING(obj), len);
+                    dst = PyBytes_AS_STRING(obj);
             }
-            if (obj == NULL)
-                goto fail;
+            if (obj == NULL) {
+                PyErr_Clear();
+                req->err = TAKE_ERR_NOMEM;
+                break;
+            }
+            ring_read(self, seg, ring, hd + SS_RECORD_HEADER, dst, len);
         }
         if (req->list != NULL) {
-            PyObject *item = obj;
+            /* Batches of records are appended as kind, payload and paired
+             * into tuples (GC-tracked) only after the lock is released. */
+            int failed = 0;
             if (req->mode == TAKE_RECORD) {
-                /* Appended as kind, payload; paired into tuples once the lock
-                 * is released, because creating a tuple (a GC-tracked object)
-                 * may run a collection and with it arbitrary finalizers. */
-                PyObject *k = PyLong_FromLong(kind);
-                if (k == NULL || PyList_Append(req->list, k) < 0) {
-                    Py_XDECREF(k);
-                    Py_DECREF(obj);
-                    goto fail;
-                }
-                Py_DECREF(k);
+                PyObject *k = PyLong_FromLong(kind); /* a cached small int */
+                failed = k == NULL || PyList_Append(req->list, k) < 0;
+                Py_XDECREF(k);
             }
-            if (PyList_Append(req->list, item) < 0) {
-                Py_DECREF(obj);
-                goto fail;
+            if (!failed && PyList_Append(req->list, obj) < 0) {
+                failed = 1;
+                if (req->mode == TAKE_RECORD) { /* drop the kind just appended */
+                    Py_ssize_t n = PyList_GET_SIZE(req->list);
+                    PyList_SetSlice(req->list, n - 1, n, NULL);
+                }
             }
             Py_DECREF(obj);
-        } else {
+            if (failed) {
+                PyErr_Clear();
+                req->err = TAKE_ERR_NOMEM;
+                break;
+            }
+        } else if (obj != NULL) {
             req->result = obj;
             req->kind = kind;
         }
@@ -475,56 +518,96 @@ channel_take_locked(ChannelObject *self, ss_channel_header *h, take_req *req)
         taken++;
     }
     if (taken > 0) {
+        /* A batch that already holds good messages delivers exactly them; a
+         * failing record stays for the next call, which reports it. */
+        req->err = TAKE_OK;
         atomic_store_explicit(&h->head, hd, memory_order_release);
         atomic_store_explicit(&h->get_count,
                               atomic_load_explicit(&h->get_count, memory_order_relaxed) +
                                   (uint64_t)taken,
                               memory_order_relaxed);
+        return taken;
     }
-    return (int)taken;
-
-fail:
-    /* Commit what was already taken into the list; the failing record stays. */
-    if (taken > 0) {
-        atomic_store_explicit(&h->head, hd, memory_order_release);
-        atomic_store_explicit(&h->get_count,
-                              atomic_load_explicit(&h->get_count, memory_order_relaxed) +
-                                  (uint64_t)taken,
-                              memory_order_relaxed);
-    }
-    return -1;
+    return req->err == TAKE_OK ? 0 : -1;
 }
 
-/* Returns messages taken (>= 1), 0 when empty after waiting (or not
- * blocking), -1 error. */
+/* Raise the problem channel_take_locked recorded (no lock held now). */
+static void
+raise_take_error(ChannelObject *self, SegmentObject *seg, const take_req *req)
+{
+    switch (req->err) {
+    case TAKE_ERR_COUNTERS:
+        raise_corrupt(self, seg, "tail and head are inconsistent", req->err_a, req->err_b);
+        break;
+    case TAKE_ERR_RECORD:
+        raise_corrupt(self, seg, "record runs past tail", req->err_a, req->err_b);
+        break;
+    case TAKE_ERR_TOO_SMALL:
+        PyErr_Format(PyExc_ValueError,
+                     "next message has %llu bytes, more than the %llu-byte buffer "
+                     "(it stays in the channel)",
+                     (unsigned long long)req->err_a, (unsigned long long)req->err_b);
+        break;
+    default:
+        PyErr_NoMemory();
+        break;
+    }
+}
+
+/* Returns 1 when messages were taken, 0 when none came (not blocking, or
+ * timed out), -1 with an exception set. */
 static int
 channel_take(ChannelObject *self, take_req *req, int blocking, const ss_deadline *dl)
 {
+    SegmentObject *seg;
+    ss_channel_header *h = channel_enter(self, &seg);
+    if (h == NULL)
+        return -1;
+    int result;
     for (;;) {
-        ss_channel_header *h = channel_header(self);
-        if (h == NULL)
-            return -1;
-        int lr = lock_side(self, &h->cons_lock, blocking, dl);
-        if (lr == SS_LOCK_ERROR)
-            return -1;
-        if (lr == SS_LOCK_TIMEOUT)
-            return 0;
-        int n = channel_take_locked(self, h, req);
-        ss_plock_release(&h->cons_lock);
-        if (n != 0) {
-            if (n > 0)
-                ss_wake_waiters(&h->space_event, &h->producers_waiting);
-            else if (req->list != NULL && PyList_GET_SIZE(req->list) > 0)
-                ss_wake_waiters(&h->space_event, &h->producers_waiting);
-            return n;
+        if (ss_segment_addr(seg) == NULL) {
+            result = -1;
+            break;
         }
-        if (!blocking)
-            return 0;
-        int w = ss_wait_until(self->seg, has_data, h, &h->data_event, &h->consumers_waiting,
-                              dl, &self->spin_get);
-        if (w <= 0)
-            return w;
+        int lr = lock_side(self, seg, &h->cons_lock, blocking, dl);
+        if (lr == SS_LOCK_ERROR || lr == SS_LOCK_TIMEOUT) {
+            result = lr == SS_LOCK_ERROR ? -1 : 0;
+            break;
+        }
+        Py_ssize_t n = channel_take_locked(self, seg, h, req);
+        ss_plock_release(&h->cons_lock);
+        if (n > 0)
+            ss_wake_waiters(&h->space_event, &h->producers_waiting);
+        if (n < 0)
+            raise_take_error(self, seg, req);
+        if (n != 0 || !blocking) {
+            result = n > 0 ? 1 : (int)n;
+            break;
+        }
+        int w = ss_wait_until(seg, has_data, h, &h->data_event, &h->consumers_waiting, dl,
+                              &self->spin_get);
+        if (w <= 0) {
+            result = w;
+            break;
+        }
     }
+    channel_leave(seg);
+    return result;
+}
+
+/* channel_put for a caller that has not entered the channel yet. */
+static int
+channel_put_entered(ChannelObject *self, const int *kinds, Py_buffer *parts,
+                    const Py_ssize_t *first, Py_ssize_t nrec, int blocking,
+                    const ss_deadline *dl)
+{
+    SegmentObject *seg;
+    ss_channel_header *h = channel_enter(self, &seg);
+    if (h == NULL)
+        return -1;
+    int r = channel_put(self, seg, h, kinds, parts, first, nrec, blocking, dl);
+    channel_leave(seg);
+    return r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -554,7 +637,7 @@ put_one(ChannelObject *self, int kind, PyObject *data, int blocking, const ss_de
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     Py_ssize_t first[2] = {0, 1};
-    int r = channel_put(self, &kind, &view, first, 1, blocking, dl);
+    int r = channel_put_entered(self, &kind, &view, first, 1, blocking, dl);
     PyBuffer_Release(&view);
     if (r < 0)
         return NULL;
@@ -587,7 +670,7 @@ channel_put_bytes_nowait(ChannelObject *self, PyObject *data)
 static PyObject *
 take_one(ChannelObject *self, int mode, int blocking, const ss_deadline *dl)
 {
-    take_req req = {mode, 1, NULL, NULL, NULL, 0, 0};
+    take_req req = {.mode = mode, .max = 1};
     int n = channel_take(self, &req, blocking, dl);
     if (n < 0)
         return NULL;
@@ -649,7 +732,7 @@ channel_recv_into(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
     Py_buffer view;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    take_req req = {TAKE_INTO, 1, &view, NULL, NULL, 0, 0};
+    take_req req = {.mode = TAKE_INTO, .max = 1, .into = &view};
     int n = channel_take(self, &req, blocking, &dl);
     PyBuffer_Release(&view);
     if (n < 0)
@@ -693,7 +776,7 @@ get_many(ChannelObject *self, int mode, PyObject *const *args, Py_ssize_t nargs,
     PyObject *list = PyList_New(0);
     if (list == NULL)
         return NULL;
-    take_req req = {mode, max, NULL, list, NULL, 0, 0};
+    take_req req = {.mode = mode, .max = max, .list = list};
     int n = channel_take(self, &req, blocking, &dl);
     if (n < 0) {
         Py_DECREF(list);
@@ -746,10 +829,12 @@ static PyObject *
 put_from_sequence(ChannelObject *self, PyObject *seqobj, int one_record, int kind, int blocking,
                   const ss_deadline *dl)
 {
-    PyObject *seq = PySequence_Fast(seqobj, "expected a sequence of bytes-like objects");
+    /* A private copy: getting a buffer can run Python code that mutates the
+     * caller's list. */
+    PyObject *seq = PySequence_Tuple(seqobj);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     if (n == 0) {
         Py_DECREF(seq);
         Py_RETURN_NONE;
@@ -764,7 +849,7 @@ put_from_sequence(ChannelObject *self, PyObject *seqobj, int one_record, int kin
         goto done;
     }
     for (; got < n; got++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(seq, got), &views[got], PyBUF_SIMPLE) < 0)
             goto done;
     }
     Py_ssize_t nrec;
@@ -780,7 +865,7 @@ put_from_sequence(ChannelObject *self, PyObject *seqobj, int one_record, int kin
             kinds[i] = kind;
         nrec = n;
     }
-    int r = channel_put(self, kinds, views, first, nrec, blocking, dl);
+    int r = channel_put_entered(self, kinds, views, first, nrec, blocking, dl);
     if (r > 0)
         result = Py_NewRef(Py_None);
     else if (r == 0)
@@ -859,11 +944,13 @@ channel_wait_readable(ChannelObject *self, PyObject *timeout)
     ss_deadline dl;
     if (ss_parse_timeout(timeout, &dl) < 0)
         return NULL;
-    ss_channel_header *h = channel_header(self);
+    SegmentObject *seg;
+    ss_channel_header *h = channel_enter(self, &seg);
     if (h == NULL)
         return NULL;
-    int w = ss_wait_until(self->seg, has_data, h, &h->data_event, &h->consumers_waiting, &dl,
+    int w = ss_wait_until(seg, has_data, h, &h->data_event, &h->consumers_waiting, &dl,
                           &self->spin_get);
+    channel_leave(seg);
     if (w < 0)
         return NULL;
     return PyBool_FromLong(w);
@@ -880,16 +967,18 @@ channel_wait_writable(ChannelObject *self, PyObject *const *args, Py_ssize_t nar
     ss_deadline dl;
     if (ss_parse_timeout(args[1], &dl) < 0)
         return NULL;
-    ss_channel_header *h = channel_header(self);
-    if (h == NULL)
-        return NULL;
     if (nbytes < 0 || (uint64_t)nbytes > MAX_PAYLOAD(self)) {
         PyErr_SetString(PyExc_ValueError, "nbytes is outside what this channel can hold");
         return NULL;
     }
+    SegmentObject *seg;
+    ss_channel_header *h = channel_enter(self, &seg);
+    if (h == NULL)
+        return NULL;
     space_ctx ctx = {self, h, record_size((uint64_t)nbytes)};
-    int w = ss_wait_until(self->seg, has_space, &ctx, &h->space_event, &h->producers_waiting,
-                          &dl, &self->spin_put);
+    int w = ss_wait_until(seg, has_space, &ctx, &h->space_event, &h->producers_waiting, &dl,
+                          &self->spin_put);
+    channel_leave(seg);
     if (w < 0)
         return NULL;
     return PyBool_FromLong(w);
@@ -897,10 +986,21 @@ channel_wait_writable(ChannelObject *self, PyObject *const *args, Py_ssize_t nar
 
 /* ---- state -------------------------------------------------------------- */
 
+/* The header for a read that never releases the GIL (no reference needed). */
+static ss_channel_header *
+channel_peek(ChannelObject *self)
+{
+    if (self->seg == NULL) {
+        ss_raise_closed(self->state, "channel is closed");
+        return NULL;
+    }
+    return (ss_channel_header *)ss_segment_addr(self->seg);
+}
+
 static PyObject *
 channel_qsize(ChannelObject *self, PyObject *unused)
 {
-    ss_channel_header *h = channel_header(self);
+    ss_channel_header *h = channel_peek(self);
     if (h == NULL)
         return NULL;
     uint64_t g = atomic_load(&h->get_count);
@@ -912,7 +1012,7 @@ channel_qsize(ChannelObject *self, PyObject *unused)
 static PyObject *
 channel_empty(ChannelObject *self, PyObject *unused)
 {
-    ss_channel_header *h = channel_header(self);
+    ss_channel_header *h = channel_peek(self);
     if (h == NULL)
         return NULL;
     return PyBool_FromLong(!has_data(h));
@@ -921,7 +1021,7 @@ channel_empty(ChannelObject *self, PyObject *unused)
 static PyObject *
 channel_full(ChannelObject *self, PyObject *unused)
 {
-    ss_channel_header *h = channel_header(self);
+    ss_channel_header *h = channel_peek(self);
     if (h == NULL)
         return NULL;
     space_ctx ctx = {self, h, SS_RECORD_HEADER};
@@ -938,7 +1038,7 @@ owner_pid(ss_plock *lk)
 static PyObject *
 channel_stats(ChannelObject *self, PyObject *unused)
 {
-    ss_channel_header *h = channel_header(self);
+    ss_channel_header *h = channel_peek(self);
     if (h == NULL)
         return NULL;
     uint64_t t = atomic_load(&h->tail), hd = atomic_load(&h->head);
@@ -1021,6 +1121,21 @@ channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
 static PyObject *
 channel_detach_core(ChannelObject *self, PyObject *unused)
 {
+    SegmentObject *seg = self->seg;
+    if (seg != NULL && seg->addr != NULL && seg->busy > 0 && seg->exports == 0) {
+        /* Operations of ours are in progress: mark the segment closing (the
+         * last one to leave unmaps it) and wake sleepers so that they see it
+         * at once.  Other processes' sleepers wake spuriously, find nothing
+         * changed, and sleep again. */
+        ss_channel_header *h = (ss_channel_header *)seg->addr;
+        seg->closing = 1;
+        atomic_fetch_add(&h->data_event, 1);
+        atomic_fetch_add(&h->space_event, 1);
+        ss_futex_wake(&h->data_event, INT32_MAX);
+        ss_futex_wake(&h->space_event, INT32_MAX);
+        ss_futex_wake(&h->prod_lock.seq, INT32_MAX);
+        ss_futex_wake(&h->cons_lock.seq, INT32_MAX);
+    }
     Py_CLEAR(self->seg);
     Py_RETURN_NONE;
 }

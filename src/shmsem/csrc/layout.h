@@ -124,7 +124,9 @@ _Static_assert(sizeof(ss_mailbox_cell) == SS_MAILBOX_CELL_HEADER, "layout");
 /* Waiting: an adaptive spin, then a futex sleep in bounded slices. */
 
 typedef struct {
-    int64_t spin_ns;       /* current spin budget; adapts between MIN and MAX */
+    /* current spin budget; adapts between MIN and MAX.  Atomic because threads
+     * sharing a handle update it with the GIL released; relaxed is enough. */
+    _Atomic int64_t spin_ns;
 } ss_spin;
 
 #define SS_SPIN_MIN_NS 2000

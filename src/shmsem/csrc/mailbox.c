@@ -22,11 +22,41 @@ typedef struct {
     PyObject *weakreflist;
 } MailboxObject;
 
+/* Start an operation (ss_segment_enter): the mapped header, with *segp set
+ * to a new reference to the segment; mailbox_leave ends it, so that a
+ * concurrent close can neither free nor unmap it meanwhile.  NULL with
+ * ClosedError set. */
 static ss_mailbox_header *
-mailbox_header(MailboxObject *self)
+mailbox_enter(MailboxObject *self, SegmentObject **segp)
+{
+    SegmentObject *seg = self->seg;
+    if (seg == NULL) {
+        ss_raise_closed(self->state, "mailbox is closed");
+        return NULL;
+    }
+    char *base = ss_segment_enter(seg);
+    if (base == NULL)
+        return NULL;
+    Py_INCREF(seg);
+    *segp = seg;
+    return (ss_mailbox_header *)base;
+}
+
+static void
+mailbox_leave(SegmentObject *seg)
+{
+    if (seg != NULL) {
+        ss_segment_leave(seg);
+        Py_DECREF(seg);
+    }
+}
+
+/* The header for a read that never releases the GIL. */
+static ss_mailbox_header *
+mailbox_peek(MailboxObject *self)
 {
     if (self->seg == NULL) {
-        ss_raise_closed(self->state, "mailbox is not attached");
+        ss_raise_closed(self->state, "mailbox is closed");
         return NULL;
     }
     return (ss_mailbox_header *)ss_segment_addr(self->seg);
@@ -45,19 +75,18 @@ mailbox_publish(MailboxObject *self, PyObject *data)
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *result = NULL;
-    ss_mailbox_header *h = mailbox_header(self);
-    if (h == NULL)
-        goto done;
+    SegmentObject *seg = NULL;
     if ((uint64_t)view.len > self->capacity) {
         PyErr_Format(PyExc_ValueError, "value of %zd bytes exceeds the mailbox capacity of %llu",
                      view.len, (unsigned long long)self->capacity);
         goto done;
     }
+    ss_mailbox_header *h = mailbox_enter(self, &seg);
+    if (h == NULL)
+        goto done;
     if (ss_plock_try(&h->writer_lock) != SS_LOCK_OK) {
         ss_deadline forever = {1, 0};
-        self->seg->busy++;
-        int r = ss_plock_acquire(&h->writer_lock, &forever);
-        self->seg->busy--;
+        int r = ss_plock_acquire(&h->writer_lock, &forever, seg);
         if (r == SS_LOCK_ERROR)
             goto done;
         if (r == SS_LOCK_RECOVERED)
@@ -75,7 +104,7 @@ mailbox_publish(MailboxObject *self, PyObject *data)
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&cell->seq, seq, memory_order_relaxed);
     atomic_store_explicit(&cell->length, (uint64_t)view.len, memory_order_relaxed);
-    ss_copy(self->seg, (char *)cell + SS_MAILBOX_CELL_HEADER, view.buf, (size_t)view.len);
+    ss_copy(seg, (char *)cell + SS_MAILBOX_CELL_HEADER, view.buf, (size_t)view.len);
     atomic_store_explicit(&cell->lock_seq, odd + 1, memory_order_release);
     atomic_store_explicit(&h->state, (seq << 1) | c, memory_order_release);
 
@@ -83,37 +112,57 @@ mailbox_publish(MailboxObject *self, PyObject *data)
     ss_wake_waiters(&h->event, &h->waiting);
     result = PyLong_FromUnsignedLongLong(seq);
 done:
+    mailbox_leave(seg);
     PyBuffer_Release(&view);
     return result;
 }
 
-/* Copy the current value.  Returns (seq, bytes). */
+/* A current cell whose counter stays odd this long is not being written by a
+ * live writer of ours (writers never write the current cell): the segment is
+ * corrupt or a foreign writer misbehaves. */
+#define STUCK_ODD_NS 1000000000LL
+
+/* Copy the current value.  Returns (seq, bytes).  The caller is inside an
+ * operation on seg. */
 static PyObject *
-mailbox_read_value(MailboxObject *self, ss_mailbox_header *h)
+mailbox_read_value(MailboxObject *self, SegmentObject *seg, ss_mailbox_header *h)
 {
     PyObject *buf = NULL;
+    uint64_t odd_state = 0, odd_seq = 0;
+    int64_t odd_since = 0;
     for (unsigned attempt = 0;; attempt++) {
         if (attempt >= 16) {
             /* Being overtaken: let the writer finish, and let signals in. */
             if ((attempt & 63) == 0 && PyErr_CheckSignals() < 0)
                 goto fail;
-            self->seg->busy++;
             Py_BEGIN_ALLOW_THREADS
             sched_yield();
             Py_END_ALLOW_THREADS
-            self->seg->busy--;
+            if (ss_segment_addr(seg) == NULL)
+                goto fail;
         }
         uint64_t st = atomic_load_explicit(&h->state, memory_order_acquire);
         ss_mailbox_cell *cell = cell_at(self, h, (unsigned)(st & 1));
         uint64_t s1 = atomic_load_explicit(&cell->lock_seq, memory_order_acquire);
-        if (s1 & 1)
+        if (s1 & 1) {
+            int64_t now = ss_now_ns();
+            if (st != odd_state || s1 != odd_seq || odd_since == 0) {
+                odd_state = st;
+                odd_seq = s1;
+                odd_since = now;
+            } else if (now - odd_since > STUCK_ODD_NS) {
+                ss_raise_format(seg, "mailbox is corrupt: the current value has been marked "
+                                     "as being written for over a second");
+                goto fail;
+            }
             continue;
+        }
         uint64_t len = atomic_load_explicit(&cell->length, memory_order_relaxed);
         uint64_t seq = atomic_load_explicit(&cell->seq, memory_order_relaxed);
         if (len > self->capacity) {
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&cell->lock_seq, memory_order_relaxed) == s1) {
-                ss_raise_format(self->seg,
+                ss_raise_format(seg,
                                 "mailbox is corrupt: value length %llu exceeds capacity %llu",
                                 (unsigned long long)len, (unsigned long long)self->capacity);
                 goto fail;
@@ -126,8 +175,7 @@ mailbox_read_value(MailboxObject *self, ss_mailbox_header *h)
             if (buf == NULL)
                 return NULL;
         }
-        ss_copy(self->seg, PyBytes_AS_STRING(buf), (char *)cell + SS_MAILBOX_CELL_HEADER,
-                (size_t)len);
+        ss_copy(seg, PyBytes_AS_STRING(buf), (char *)cell + SS_MAILBOX_CELL_HEADER, (size_t)len);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&cell->lock_seq, memory_order_relaxed) != s1)
             continue;
@@ -141,10 +189,13 @@ fail:
 static PyObject *
 mailbox_read(MailboxObject *self, PyObject *unused)
 {
-    ss_mailbox_header *h = mailbox_header(self);
+    SegmentObject *seg;
+    ss_mailbox_header *h = mailbox_enter(self, &seg);
     if (h == NULL)
         return NULL;
-    return mailbox_read_value(self, h);
+    PyObject *r = mailbox_read_value(self, seg, h);
+    mailbox_leave(seg);
+    return r;
 }
 
 typedef struct {
@@ -174,30 +225,31 @@ mailbox_wait(MailboxObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     unsigned long long after = PyLong_AsUnsignedLongLong(a[0]);
     if (after == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "after_seq must be in [0, 2**63), not %R", a[0]);
+        PyErr_Format(PyExc_ValueError, "after_seq must be in [0, 2**64), not %R", a[0]);
         return NULL;
     }
     ss_deadline dl;
     if (ss_parse_timeout(a[1], &dl) < 0)
         return NULL;
-    ss_mailbox_header *h = mailbox_header(self);
+    SegmentObject *seg;
+    ss_mailbox_header *h = mailbox_enter(self, &seg);
     if (h == NULL)
         return NULL;
     newer_ctx ctx = {h, after};
-    int w = ss_wait_until(self->seg, has_newer, &ctx, &h->event, &h->waiting, &dl, &self->spin);
-    if (w < 0)
-        return NULL;
+    PyObject *result = NULL;
+    int w = ss_wait_until(seg, has_newer, &ctx, &h->event, &h->waiting, &dl, &self->spin);
     if (w == 0)
-        Py_RETURN_NONE;
-    if ((h = mailbox_header(self)) == NULL)
-        return NULL;
-    return mailbox_read_value(self, h);
+        result = Py_NewRef(Py_None);
+    else if (w > 0 && ss_segment_addr(seg) != NULL)
+        result = mailbox_read_value(self, seg, h);
+    mailbox_leave(seg);
+    return result;
 }
 
 static PyObject *
 mailbox_get_seq(MailboxObject *self, void *closure)
 {
-    ss_mailbox_header *h = mailbox_header(self);
+    ss_mailbox_header *h = mailbox_peek(self);
     if (h == NULL)
         return NULL;
     return PyLong_FromUnsignedLongLong(atomic_load(&h->state) >> 1);
@@ -212,7 +264,7 @@ mailbox_get_capacity(MailboxObject *self, void *closure)
 static PyObject *
 mailbox_stats(MailboxObject *self, PyObject *unused)
 {
-    ss_mailbox_header *h = mailbox_header(self);
+    ss_mailbox_header *h = mailbox_peek(self);
     if (h == NULL)
         return NULL;
     uint64_t st = atomic_load(&h->state);
@@ -295,6 +347,16 @@ mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
 static PyObject *
 mailbox_detach_core(MailboxObject *self, PyObject *unused)
 {
+    SegmentObject *seg = self->seg;
+    if (seg != NULL && seg->addr != NULL && seg->busy > 0 && seg->exports == 0) {
+        /* Operations of ours are in progress: mark the segment closing (the
+         * last one to leave unmaps it), and wake sleepers so they see it. */
+        ss_mailbox_header *h = (ss_mailbox_header *)seg->addr;
+        seg->closing = 1;
+        atomic_fetch_add(&h->event, 1);
+        ss_futex_wake(&h->event, INT32_MAX);
+        ss_futex_wake(&h->writer_lock.seq, INT32_MAX);
+    }
     Py_CLEAR(self->seg);
     Py_RETURN_NONE;
 }
