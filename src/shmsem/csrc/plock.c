@@ -8,7 +8,8 @@
  * The owner word holds the holder's identity: its pid, the low 24 bits of its
  * start time (so a recycled pid is not mistaken for the holder) and an 8-bit
  * tag of its PID namespace (a pid from another namespace means nothing here,
- * so such a holder is never declared dead).  A waiter that has waited a
+ * so such a holder is never declared dead).  A foreign peer may leave the
+ * start time or the tag 0, meaning "unknown"; it is then judged by its pid.  A waiter that has waited a
  * slice with the owner unchanged checks whether the holder still lives
  * (kill(pid, 0), then /proc/<pid>/stat for zombies and recycled pids) and, if
  * not, takes the lock over with a compare-and-swap and reports RECOVERED.
@@ -19,6 +20,7 @@
 #include "layout.h"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -118,27 +120,47 @@ ss_self_ident(void)
     return self_ident;
 }
 
+/* Threads still running in a process whose /proc/<pid>/stat says zombie: the
+ * thread-group leader can exit (pthread_exit) while other threads go on. */
+static int
+live_threads(pid_t pid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strstr(buf, "\nThreads:");
+    return p ? atoi(p + 9) : 0;
+}
+
 int
 ss_pid_alive(uint64_t ident)
 {
     pid_t pid = (pid_t)(uint32_t)(ident & 0xffffffffu);
-    uint32_t tag = (uint32_t)(ident >> 56);
+    uint32_t start = (uint32_t)((ident >> 32) & 0xffffff); /* 0: unknown */
+    uint32_t tag = (uint32_t)(ident >> 56);                /* 0: no tag */
     if (pid <= 0)
         return 0;
     ss_self_ident();
-    if (pid == self_pid)
-        return 1;               /* another thread of ours holds it */
-    if (tag != self_ns_tag)
+    if (tag != 0 && tag != self_ns_tag)
         return 1;               /* another PID namespace: cannot judge, assume alive */
+    if (pid == self_pid)
+        return ident == self_ident; /* we, or a dead predecessor with our pid */
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return 0;
     char state;
-    unsigned long long start;
-    if (read_proc_stat(pid, &state, &start) < 0)
+    unsigned long long started;
+    if (read_proc_stat(pid, &state, &started) < 0)
         return 1;               /* cannot see it (hidepid): assume alive */
-    if (state == 'Z' || state == 'X')
+    if ((state == 'Z' || state == 'X') && live_threads(pid) <= 1)
         return 0;               /* killed, not yet reaped */
-    if ((start & 0xffffff) != ((ident >> 32) & 0xffffff))
+    if (start != 0 && (started & 0xffffff) != start)
         return 0;               /* the pid was recycled */
     return 1;
 }
@@ -162,7 +184,7 @@ ss_plock_release(ss_plock *lk)
 }
 
 int
-ss_plock_acquire(ss_plock *lk, const ss_deadline *dl)
+ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
 {
     uint64_t me = ss_self_ident();
     int result = SS_LOCK_TIMEOUT, slept = 0, async_err = 0;
@@ -210,13 +232,18 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl)
         if (!dl->infinite && dl->deadline_ns - now < wait)
             wait = dl->deadline_ns - now;
         slept = 1;
-        if (ss_futex_wait(&lk->seq, s, wait) < 0 && errno == EINTR) {
-            PyEval_RestoreThread(ts);
-            async_err = PyErr_CheckSignals();
-            if (async_err)
-                return SS_LOCK_ERROR;
-            ts = PyEval_SaveThread();
+        ss_futex_wait(&lk->seq, s, wait);
+        /* Run signal handlers after every sleep, not only on EINTR: a signal
+         * that arrived while we spun interrupted nothing. */
+        PyEval_RestoreThread(ts);
+        async_err = PyErr_CheckSignals();
+        if (!async_err && seg->closing) {
+            ss_segment_raise(seg, "closed", "the segment was detached while waiting for a lock");
+            async_err = -1;
         }
+        if (async_err)
+            return SS_LOCK_ERROR;
+        ts = PyEval_SaveThread();
     }
     PyEval_RestoreThread(ts);
     return result;
