@@ -39,9 +39,9 @@ class MessageQueueStat:
     ctime: int
 
 
-def _queue_stat(msqid: int) -> MessageQueueStat:
+def _queue_stat(msqid: int, known_key: Optional[int] = None) -> MessageQueueStat:
     (key, uid, gid, cuid, cgid, mode, cbytes, qnum, qbytes, lspid, lrpid, stime, rtime,
-     ctime) = _core.msg_stat(msqid)
+     ctime) = _core.msg_stat(msqid, known_key)
     return MessageQueueStat(
         key=key, id=msqid, mode=mode & 0o777, uid=uid, gid=gid, cuid=cuid, cgid=cgid,
         current_bytes=cbytes, current_messages=qnum, max_bytes=qbytes,
@@ -212,7 +212,7 @@ class MessageQueue:
             raise TypeError(f"max_bytes must be an int, not {type(value).__name__}")
         if value < 0:
             raise ValueError(f"max_bytes must be non-negative, not {value}")
-        _core.msg_set(self.id, value, -1)
+        _core.msg_set(self.id, value, -1, self.key)
 
     @property
     def current_messages(self) -> int:
@@ -221,11 +221,11 @@ class MessageQueue:
 
     def stat(self) -> MessageQueueStat:
         """IPC_STAT of the queue."""
-        return _queue_stat(self.id)
+        return _queue_stat(self.id, self.key)
 
     def remove(self) -> None:
         """Remove the queue (IPC_RMID).  Waiters get RemovedError."""
-        _core.msg_rmid(self.id)
+        _core.msg_rmid(self.id, self.key)
 
     def __reduce__(self) -> tuple[object, tuple[int]]:
         return (MessageQueue.from_id, (self.id,))

@@ -47,8 +47,8 @@ class SemaphoreSetStat:
     ctime: int
 
 
-def _set_stat(semid: int) -> SemaphoreSetStat:
-    key, uid, gid, cuid, cgid, mode, nsems, otime, ctime = _core.sem_stat(semid)
+def _set_stat(semid: int, known_key: Optional[int] = None) -> SemaphoreSetStat:
+    key, uid, gid, cuid, cgid, mode, nsems, otime, ctime = _core.sem_stat(semid, known_key)
     return SemaphoreSetStat(
         key=key, id=semid, mode=mode & 0o777, uid=uid, gid=gid, cuid=cuid, cgid=cgid,
         nsems=nsems, otime=otime, ctime=ctime,
@@ -252,19 +252,19 @@ class SemaphoreSet:
     @property
     def values(self) -> tuple[int, ...]:
         """All values (GETALL); assign a sequence to set them (SETALL)."""
-        return tuple(_core.sem_getall(self.id))
+        return tuple(_core.sem_getall(self.id, self.key))
 
     @values.setter
     def values(self, values: Sequence[int]) -> None:
-        _core.sem_setall(self.id, _check_values(self._nsems, values, 0))
+        _core.sem_setall(self.id, _check_values(self._nsems, values, 0), self.key)
 
     def stat(self) -> SemaphoreSetStat:
         """IPC_STAT of the set."""
-        return _set_stat(self.id)
+        return _set_stat(self.id, self.key)
 
     def remove(self) -> None:
         """Remove the set (IPC_RMID).  Every waiter gets RemovedError."""
-        _core.semctl(self.id, 0, _core.IPC_RMID)
+        _core.semctl(self.id, 0, _core.IPC_RMID, 0, self.key)
 
     def __repr__(self) -> str:
         return f"<SemaphoreSet key={format_key(self.key)} id={self.id} count={self._nsems}>"
@@ -345,11 +345,11 @@ class Semaphore(_core.SemBase):
     def value(self) -> int:
         """The current value (GETVAL); assign to set it (SETVAL, which also
         clears every process's SEM_UNDO adjustment for it)."""
-        return int(_core.semctl(self.id, self.num, _core.GETVAL))
+        return int(_core.semctl(self.id, self.num, _core.GETVAL, 0, self.key))
 
     @value.setter
     def value(self, value: int) -> None:
-        _core.semctl(self.id, self.num, _core.SETVAL, _check_values(1, [value], 0)[0])
+        _core.semctl(self.id, self.num, _core.SETVAL, _check_values(1, [value], 0)[0], self.key)
 
     def wait_zero(self, timeout: Optional[float] = None) -> bool:
         """Wait until the value is 0.  Returns False if the timeout expires."""
@@ -358,25 +358,25 @@ class Semaphore(_core.SemBase):
     @property
     def ncnt(self) -> int:
         """How many processes wait for the value to increase (GETNCNT)."""
-        return int(_core.semctl(self.id, self.num, _core.GETNCNT))
+        return int(_core.semctl(self.id, self.num, _core.GETNCNT, 0, self.key))
 
     @property
     def zcnt(self) -> int:
         """How many processes wait for the value to become 0 (GETZCNT)."""
-        return int(_core.semctl(self.id, self.num, _core.GETZCNT))
+        return int(_core.semctl(self.id, self.num, _core.GETZCNT, 0, self.key))
 
     @property
     def last_pid(self) -> int:
         """The pid of the last process that operated on it (GETPID)."""
-        return int(_core.semctl(self.id, self.num, _core.GETPID))
+        return int(_core.semctl(self.id, self.num, _core.GETPID, 0, self.key))
 
     def stat(self) -> SemaphoreSetStat:
         """IPC_STAT of the set this semaphore belongs to."""
-        return _set_stat(self.id)
+        return _set_stat(self.id, self.key)
 
     def remove(self) -> None:
         """Remove the whole set (IPC_RMID).  Waiters get RemovedError."""
-        _core.semctl(self.id, 0, _core.IPC_RMID)
+        _core.semctl(self.id, 0, _core.IPC_RMID, 0, self.key)
 
     def __reduce__(self) -> Any:
         return (_rebuild_semaphore, (type(self), self.id, self.num, self.undo))
@@ -433,7 +433,7 @@ class Lock(_core.SemBase):
 
     def locked(self) -> bool:
         """Whether some process holds the lock."""
-        return int(_core.semctl(self.id, 0, _core.GETVAL)) == 0
+        return int(_core.semctl(self.id, 0, _core.GETVAL, 0, self.key)) == 0
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -443,7 +443,7 @@ class Lock(_core.SemBase):
 
     def remove(self) -> None:
         """Remove the lock's set (IPC_RMID).  Waiters get RemovedError."""
-        _core.semctl(self.id, 0, _core.IPC_RMID)
+        _core.semctl(self.id, 0, _core.IPC_RMID, 0, self.key)
 
     def __reduce__(self) -> Any:
         return (_rebuild_lock, (self.id,))

@@ -45,9 +45,9 @@ class SegmentStat:
     removed: bool
 
 
-def _segment_stat(shmid: int) -> SegmentStat:
+def _segment_stat(shmid: int, known_key: Optional[int] = None) -> SegmentStat:
     (key, uid, gid, cuid, cgid, mode, size, atime, dtime, ctime, cpid, lpid,
-     nattch) = _core.shm_stat(shmid)
+     nattch) = _core.shm_stat(shmid, known_key)
     return SegmentStat(
         key=key, id=shmid, size=size, mode=mode & 0o777, uid=uid, gid=gid, cuid=cuid,
         cgid=cgid, cpid=cpid, lpid=lpid, nattch=nattch, atime=atime, dtime=dtime,
@@ -256,13 +256,7 @@ class SharedMemory:
 
     def stat(self) -> SegmentStat:
         """IPC_STAT of the segment, as a frozen dataclass."""
-        try:
-            return _segment_stat(self.id)
-        except RemovedError as e:
-            raise RemovedError(
-                f"shmctl(key={format_key(self.key)}, id={self.id}): the segment was removed",
-                syscall="shmctl", key=self.key, id=self.id,
-            ) from e
+        return _segment_stat(self.id, self.key)
 
     # -- lifetime ----------------------------------------------------------
 
@@ -275,7 +269,7 @@ class SharedMemory:
     def remove(self) -> None:
         """Mark the segment for removal (IPC_RMID): it disappears once every
         process has detached, and its key is free at once."""
-        _core.shm_rmid(self.id)
+        _core.shm_rmid(self.id, self.key)
 
     def close(self) -> None:
         """Detach, and remove the segment too if this handle owns it.
@@ -284,7 +278,7 @@ class SharedMemory:
         if self.owner and self.id >= 0:
             self.owner = False
             try:
-                _core.shm_rmid(self.id)
+                _core.shm_rmid(self.id, self.key)
             except (RemovedError, NotFoundError):
                 pass
 

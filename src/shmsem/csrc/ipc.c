@@ -93,8 +93,9 @@ ipc_shmget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int id = shmget(key, (size_t)size, flags);
     if (id < 0) {
+        int err = errno; /* before allocating the key object */
         PyObject *k = key_object(key);
-        ss_raise_errno(st, "shmget", k, -1);
+        ss_raise(st, "os", err, "shmget", k, -1, NULL);
         Py_XDECREF(k);
         return NULL;
     }
@@ -102,15 +103,16 @@ ipc_shmget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-ipc_shm_stat(PyObject *module, PyObject *arg)
+ipc_shm_stat(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (get_id(arg, "shmid", &id) < 0)
+    if (!ss_check_nargs("shm_stat", nargs, 1, 2) || get_id(args[0], "shmid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
     struct shmid_ds ds;
     if (shmctl(id, IPC_STAT, &ds) < 0)
-        return ss_raise_errno(st, "shmctl(IPC_STAT)", NULL, id);
+        return ss_raise_errno(st, "shmctl(IPC_STAT)", key, id);
     return Py_BuildValue("(iIIIIInLLLiik)", (int)SS_PERM_KEY(ds.shm_perm),
                          (unsigned)ds.shm_perm.uid, (unsigned)ds.shm_perm.gid,
                          (unsigned)ds.shm_perm.cuid, (unsigned)ds.shm_perm.cgid,
@@ -121,14 +123,15 @@ ipc_shm_stat(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
-ipc_shm_rmid(PyObject *module, PyObject *arg)
+ipc_shm_rmid(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (get_id(arg, "shmid", &id) < 0)
+    if (!ss_check_nargs("shm_rmid", nargs, 1, 2) || get_id(args[0], "shmid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
     if (shmctl(id, IPC_RMID, NULL) < 0)
-        return ss_raise_errno(st, "shmctl(IPC_RMID)", NULL, id);
+        return ss_raise_errno(st, "shmctl(IPC_RMID)", key, id);
     Py_RETURN_NONE;
 }
 
@@ -137,15 +140,16 @@ ipc_shm_set_mode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id, mode;
-    if (!ss_check_nargs("shm_set_mode", nargs, 2, 2) || get_id(args[0], "shmid", &id) < 0 ||
+    if (!ss_check_nargs("shm_set_mode", nargs, 2, 3) || get_id(args[0], "shmid", &id) < 0 ||
         get_int(args[1], "mode", &mode) < 0)
         return NULL;
+    PyObject *key = nargs > 2 ? args[2] : NULL;
     struct shmid_ds ds;
     if (shmctl(id, IPC_STAT, &ds) < 0)
-        return ss_raise_errno(st, "shmctl(IPC_STAT)", NULL, id);
+        return ss_raise_errno(st, "shmctl(IPC_STAT)", key, id);
     ds.shm_perm.mode = (ds.shm_perm.mode & ~0777) | (mode & 0777);
     if (shmctl(id, IPC_SET, &ds) < 0)
-        return ss_raise_errno(st, "shmctl(IPC_SET)", NULL, id);
+        return ss_raise_errno(st, "shmctl(IPC_SET)", key, id);
     Py_RETURN_NONE;
 }
 
@@ -167,8 +171,9 @@ ipc_semget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     int id = semget(key, nsems, flags);
     if (id < 0) {
+        int err = errno; /* before allocating the key object */
         PyObject *k = key_object(key);
-        ss_raise_errno(st, "semget", k, -1);
+        ss_raise(st, "os", err, "semget", k, -1, NULL);
         Py_XDECREF(k);
         return NULL;
     }
@@ -231,10 +236,15 @@ ipc_semop(PyObject *module, PyObject *args, PyObject *kwds)
     ss_deadline dl;
     if (ss_parse_timeout(timeout, &dl) < 0)
         return NULL;
-    PyObject *seq = PySequence_Fast(opsobj, "ops must be a sequence of (index, delta[, flags])");
+    if (!PySequence_Check(opsobj)) {
+        PyErr_SetString(PyExc_TypeError, "ops must be a sequence of (index, delta[, flags])");
+        return NULL;
+    }
+    /* A private copy: parsing an item can run Python code that mutates ops. */
+    PyObject *seq = PySequence_Tuple(opsobj);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     if (n == 0 || n > 65535) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "ops must hold between 1 and 65535 operations");
@@ -252,7 +262,7 @@ ipc_semop(PyObject *module, PyObject *args, PyObject *kwds)
     struct sembuf *nowait_ops = ops + n;
     PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (parse_sembuf(PySequence_Fast_GET_ITEM(seq, i), &ops[i]) < 0)
+        if (parse_sembuf(PyTuple_GET_ITEM(seq, i), &ops[i]) < 0)
             goto done;
         if (undo)
             ops[i].sem_flg |= SEM_UNDO;
@@ -274,10 +284,11 @@ ipc_semctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id, num, cmd, value = 0;
-    if (!ss_check_nargs("semctl", nargs, 3, 4) || get_id(args[0], "semid", &id) < 0 ||
+    if (!ss_check_nargs("semctl", nargs, 3, 5) || get_id(args[0], "semid", &id) < 0 ||
         get_int(args[1], "semnum", &num) < 0 || get_int(args[2], "cmd", &cmd) < 0 ||
-        (nargs == 4 && get_int(args[3], "value", &value) < 0))
+        (nargs >= 4 && get_int(args[3], "value", &value) < 0))
         return NULL;
+    PyObject *key = nargs > 4 ? args[4] : NULL;
     const char *name;
     switch (cmd) {
     case GETVAL: name = "semctl(GETVAL)"; break;
@@ -304,30 +315,31 @@ ipc_semctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     union ss_semun arg = {.val = value};
     int rc = semctl(id, num, cmd, arg);
     if (rc < 0)
-        return ss_raise_errno(st, name, NULL, id);
+        return ss_raise_errno(st, name, key, id);
     return PyLong_FromLong(rc);
 }
 
 static int
-sem_nsems(ss_state *st, int id, struct semid_ds *ds)
+sem_nsems(ss_state *st, int id, struct semid_ds *ds, PyObject *key)
 {
     union ss_semun arg = {.buf = ds};
     if (semctl(id, 0, IPC_STAT, arg) < 0) {
-        ss_raise_errno(st, "semctl(IPC_STAT)", NULL, id);
+        ss_raise_errno(st, "semctl(IPC_STAT)", key, id);
         return -1;
     }
     return (int)ds->sem_nsems;
 }
 
 static PyObject *
-ipc_sem_stat(PyObject *module, PyObject *arg)
+ipc_sem_stat(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (get_id(arg, "semid", &id) < 0)
+    if (!ss_check_nargs("sem_stat", nargs, 1, 2) || get_id(args[0], "semid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
     struct semid_ds ds;
-    if (sem_nsems(st, id, &ds) < 0)
+    if (sem_nsems(st, id, &ds, key) < 0)
         return NULL;
     return Py_BuildValue("(iIIIIIkLL)", (int)SS_PERM_KEY(ds.sem_perm),
                          (unsigned)ds.sem_perm.uid, (unsigned)ds.sem_perm.gid,
@@ -336,24 +348,48 @@ ipc_sem_stat(PyObject *module, PyObject *arg)
                          (long long)ds.sem_otime, (long long)ds.sem_ctime);
 }
 
+/* GETALL and SETALL move as many values as the set has *when they run*.  If
+ * the id were reused by a larger set after our IPC_STAT, a buffer of the
+ * size we saw would overflow, so it is never smaller than SEMMSL (the first
+ * field of kernel.sem, the most a set can have). */
+static size_t
+semall_buffer_len(int n)
+{
+    long semmsl = 32000;
+    FILE *f = fopen("/proc/sys/kernel/sem", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%ld", &semmsl) != 1)
+            semmsl = 32000;
+        fclose(f);
+    }
+    if (semmsl < n)
+        semmsl = n;
+    if (semmsl < 1)
+        semmsl = 1;
+    if (semmsl > 65536)
+        semmsl = 65536; /* sem_num is 16 bits: no set can be larger */
+    return (size_t)semmsl;
+}
+
 static PyObject *
-ipc_sem_getall(PyObject *module, PyObject *arg)
+ipc_sem_getall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (get_id(arg, "semid", &id) < 0)
+    if (!ss_check_nargs("sem_getall", nargs, 1, 2) || get_id(args[0], "semid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
     struct semid_ds ds;
-    int n = sem_nsems(st, id, &ds);
+    int n = sem_nsems(st, id, &ds, key);
     if (n < 0)
         return NULL;
-    unsigned short *vals = PyMem_New(unsigned short, n ? (size_t)n : 1);
+    unsigned short *vals = PyMem_Calloc(semall_buffer_len(n), sizeof(unsigned short));
     if (vals == NULL)
         return PyErr_NoMemory();
     union ss_semun su = {.array = vals};
     PyObject *result = NULL;
     if (semctl(id, 0, GETALL, su) < 0) {
-        ss_raise_errno(st, "semctl(GETALL)", NULL, id);
+        ss_raise_errno(st, "semctl(GETALL)", key, id);
     } else if ((result = PyTuple_New(n)) != NULL) {
         for (int i = 0; i < n; i++) {
             PyObject *v = PyLong_FromLong(vals[i]);
@@ -373,13 +409,14 @@ ipc_sem_setall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (!ss_check_nargs("sem_setall", nargs, 2, 2) || get_id(args[0], "semid", &id) < 0)
+    if (!ss_check_nargs("sem_setall", nargs, 2, 3) || get_id(args[0], "semid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 2 ? args[2] : NULL;
     PyObject *seq = PySequence_Fast(args[1], "values must be a sequence of ints");
     if (seq == NULL)
         return NULL;
     struct semid_ds ds;
-    int n = sem_nsems(st, id, &ds);
+    int n = sem_nsems(st, id, &ds, key);
     PyObject *result = NULL;
     unsigned short *vals = NULL;
     if (n < 0)
@@ -389,7 +426,7 @@ ipc_sem_setall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      PySequence_Fast_GET_SIZE(seq));
         goto done;
     }
-    vals = PyMem_New(unsigned short, n ? (size_t)n : 1);
+    vals = PyMem_Calloc(semall_buffer_len(n), sizeof(unsigned short));
     if (vals == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -407,7 +444,7 @@ ipc_sem_setall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     union ss_semun su = {.array = vals};
     if (semctl(id, 0, SETALL, su) < 0) {
-        ss_raise_errno(st, "semctl(SETALL)", NULL, id);
+        ss_raise_errno(st, "semctl(SETALL)", key, id);
         goto done;
     }
     result = Py_NewRef(Py_None);
@@ -422,16 +459,17 @@ ipc_sem_set_mode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id, mode;
-    if (!ss_check_nargs("sem_set_mode", nargs, 2, 2) || get_id(args[0], "semid", &id) < 0 ||
+    if (!ss_check_nargs("sem_set_mode", nargs, 2, 3) || get_id(args[0], "semid", &id) < 0 ||
         get_int(args[1], "mode", &mode) < 0)
         return NULL;
+    PyObject *key = nargs > 2 ? args[2] : NULL;
     struct semid_ds ds;
-    if (sem_nsems(st, id, &ds) < 0)
+    if (sem_nsems(st, id, &ds, key) < 0)
         return NULL;
     ds.sem_perm.mode = (ds.sem_perm.mode & ~0777) | (mode & 0777);
     union ss_semun su = {.buf = &ds};
     if (semctl(id, 0, IPC_SET, su) < 0)
-        return ss_raise_errno(st, "semctl(IPC_SET)", NULL, id);
+        return ss_raise_errno(st, "semctl(IPC_SET)", key, id);
     Py_RETURN_NONE;
 }
 
@@ -457,8 +495,9 @@ ipc_msgget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int id = msgget(key, flags);
     if (id < 0) {
+        int err = errno; /* before allocating the key object */
         PyObject *k = key_object(key);
-        ss_raise_errno(st, "msgget", k, -1);
+        ss_raise(st, "os", err, "msgget", k, -1, NULL);
         Py_XDECREF(k);
         return NULL;
     }
@@ -514,11 +553,12 @@ msg_call(msg_attempt_fn attempt, msg_before_wait_fn before_wait, void *ctx, int 
         Py_END_ALLOW_THREADS
         if (rc >= 0)
             return rc;
-        if (err == EINTR) {
-            if ((*async_err = PyErr_CheckSignals()) != 0)
-                return -1;
+        /* Every round, not only on EINTR: a signal that lands while we are not
+         * asleep interrupts nothing, but its Python handler must still run. */
+        if ((*async_err = PyErr_CheckSignals()) != 0)
+            return -1;
+        if (err == EINTR)
             continue;
-        }
         if (err != wouldblock_errno) {
             errno = err;
             return -1;
@@ -543,10 +583,14 @@ check_fits_queue(void *p)
     msg_ctx *c = p;
     struct msqid_ds ds;
     if (msgctl(c->id, IPC_STAT, &ds) < 0) {
+        if (errno == EACCES)
+            return 0; /* write-only access: we cannot tell, so just wait */
         ss_raise_errno(c->st, "msgctl(IPC_STAT)", c->key, c->id);
         return -1;
     }
-    if (c->len > (size_t)ds.msg_qbytes) {
+    /* The kernel also counts each message against msg_qbytes, so a queue
+     * whose max_bytes is 0 takes nothing at all. */
+    if (c->len > (size_t)ds.msg_qbytes || ds.msg_qbytes == 0) {
         PyErr_Format(PyExc_ValueError,
                      "message of %zu bytes can never fit queue id=%d, whose max_bytes is %lu "
                      "(raise it with MessageQueue.max_bytes, up to kernel.msgmnb for non-root "
@@ -605,7 +649,7 @@ ipc_msgsnd(PyObject *module, PyObject *args, PyObject *kwds)
     memcpy(buf, &type, sizeof(long));
     memcpy(buf + sizeof(long), data.buf, (size_t)data.len);
     msg_ctx ctx = {id, buf, (size_t)data.len, type, st, key};
-    int async_err;
+    int async_err, send_err = 0;
     ssize_t rc = msg_call(attempt_send, check_fits_queue, &ctx, blocking, &dl, EAGAIN, &async_err);
     if (rc >= 0)
         result = Py_NewRef(Py_True);
@@ -613,7 +657,7 @@ ipc_msgsnd(PyObject *module, PyObject *args, PyObject *kwds)
         ;
     else if (errno == EAGAIN)
         result = Py_NewRef(Py_False);
-    else if (errno == EINVAL && msgctl(id, IPC_STAT, &(struct msqid_ds){0}) == 0) {
+    else if ((send_err = errno) == EINVAL && msgctl(id, IPC_STAT, &(struct msqid_ds){0}) == 0) {
         /* The queue exists, so EINVAL means the message exceeds MSGMAX. */
         char detail[200];
         snprintf(detail, sizeof detail,
@@ -621,7 +665,7 @@ ipc_msgsnd(PyObject *module, PyObject *args, PyObject *kwds)
                  "raise kernel.msgmax (sysctl -w kernel.msgmax=BYTES)", data.len);
         ss_raise(st, "limit", EINVAL, "msgsnd", key, id, detail);
     } else
-        ss_raise_errno(st, "msgsnd", key, id);
+        ss_raise(st, "os", send_err, "msgsnd", key, id, NULL);
 done:
     PyMem_Free(buf);
     PyBuffer_Release(&data);
@@ -682,15 +726,16 @@ ipc_msgrcv(PyObject *module, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-ipc_msg_stat(PyObject *module, PyObject *arg)
+ipc_msg_stat(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (get_id(arg, "msqid", &id) < 0)
+    if (!ss_check_nargs("msg_stat", nargs, 1, 2) || get_id(args[0], "msqid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
     struct msqid_ds ds;
     if (msgctl(id, IPC_STAT, &ds) < 0)
-        return ss_raise_errno(st, "msgctl(IPC_STAT)", NULL, id);
+        return ss_raise_errno(st, "msgctl(IPC_STAT)", key, id);
     return Py_BuildValue("(iIIIIIkkkiiLLL)", (int)SS_PERM_KEY(ds.msg_perm),
                          (unsigned)ds.msg_perm.uid, (unsigned)ds.msg_perm.gid,
                          (unsigned)ds.msg_perm.cuid, (unsigned)ds.msg_perm.cgid,
@@ -706,12 +751,13 @@ ipc_msg_set(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     ss_state *st = ss_state_from_module(module);
     int id, mode;
     Py_ssize_t qbytes;
-    if (!ss_check_nargs("msg_set", nargs, 3, 3) || get_id(args[0], "msqid", &id) < 0 ||
+    if (!ss_check_nargs("msg_set", nargs, 3, 4) || get_id(args[0], "msqid", &id) < 0 ||
         get_size(args[1], "max_bytes", &qbytes) < 0 || get_int(args[2], "mode", &mode) < 0)
         return NULL;
+    PyObject *key = nargs > 3 ? args[3] : NULL;
     struct msqid_ds ds;
     if (msgctl(id, IPC_STAT, &ds) < 0)
-        return ss_raise_errno(st, "msgctl(IPC_STAT)", NULL, id);
+        return ss_raise_errno(st, "msgctl(IPC_STAT)", key, id);
     if ((size_t)qbytes > ULONG_MAX / 2) {
         PyErr_Format(PyExc_ValueError, "max_bytes %zd is too large", qbytes);
         return NULL;
@@ -720,19 +766,20 @@ ipc_msg_set(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (mode >= 0)
         ds.msg_perm.mode = (ds.msg_perm.mode & ~0777) | (mode & 0777);
     if (msgctl(id, IPC_SET, &ds) < 0)
-        return ss_raise_errno(st, "msgctl(IPC_SET)", NULL, id);
+        return ss_raise_errno(st, "msgctl(IPC_SET)", key, id);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-ipc_msg_rmid(PyObject *module, PyObject *arg)
+ipc_msg_rmid(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ss_state *st = ss_state_from_module(module);
     int id;
-    if (get_id(arg, "msqid", &id) < 0)
+    if (!ss_check_nargs("msg_rmid", nargs, 1, 2) || get_id(args[0], "msqid", &id) < 0)
         return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
     if (msgctl(id, IPC_RMID, NULL) < 0)
-        return ss_raise_errno(st, "msgctl(IPC_RMID)", NULL, id);
+        return ss_raise_errno(st, "msgctl(IPC_RMID)", key, id);
     Py_RETURN_NONE;
 }
 
@@ -774,12 +821,12 @@ ipc_ftok(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 PyMethodDef ss_ipc_functions[] = {
     {"shmget", (PyCFunction)(void (*)(void))ipc_shmget, METH_FASTCALL,
      "shmget(key, size, flags, /)\n--\n\nshmget(2); returns the segment id."},
-    {"shm_stat", ipc_shm_stat, METH_O,
-     "shm_stat(shmid, /)\n--\n\nshmctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, size,\n"
+    {"shm_stat", (PyCFunction)(void (*)(void))ipc_shm_stat, METH_FASTCALL,
+     "shm_stat(shmid, key=None, /)\n--\n\nshmctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, size,\n"
      "atime, dtime, ctime, cpid, lpid, nattch)."},
-    {"shm_rmid", ipc_shm_rmid, METH_O, "shm_rmid(shmid, /)\n--\n\nshmctl(IPC_RMID)."},
+    {"shm_rmid", (PyCFunction)(void (*)(void))ipc_shm_rmid, METH_FASTCALL, "shm_rmid(shmid, key=None, /)\n--\n\nshmctl(IPC_RMID)."},
     {"shm_set_mode", (PyCFunction)(void (*)(void))ipc_shm_set_mode, METH_FASTCALL,
-     "shm_set_mode(shmid, mode, /)\n--\n\nshmctl(IPC_SET) of the permission bits."},
+     "shm_set_mode(shmid, mode, key=None, /)\n--\n\nshmctl(IPC_SET) of the permission bits."},
     {"semget", (PyCFunction)(void (*)(void))ipc_semget, METH_FASTCALL,
      "semget(key, nsems, flags, /)\n--\n\nsemget(2); returns the set id."},
     {"semop", (PyCFunction)(void (*)(void))ipc_semop, METH_VARARGS | METH_KEYWORDS,
@@ -787,17 +834,17 @@ PyMethodDef ss_ipc_functions[] = {
      "Apply ops [(index, delta[, flags]), ...] atomically (semop/semtimedop).\n"
      "Returns True when applied, False when it would block or timed out."},
     {"semctl", (PyCFunction)(void (*)(void))ipc_semctl, METH_FASTCALL,
-     "semctl(semid, semnum, cmd, value=0, /)\n--\n\n"
+     "semctl(semid, semnum, cmd, value=0, key=None, /)\n--\n\n"
      "semctl(2) for GETVAL, SETVAL, GETPID, GETNCNT, GETZCNT and IPC_RMID."},
-    {"sem_stat", ipc_sem_stat, METH_O,
-     "sem_stat(semid, /)\n--\n\nsemctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, nsems,\n"
+    {"sem_stat", (PyCFunction)(void (*)(void))ipc_sem_stat, METH_FASTCALL,
+     "sem_stat(semid, key=None, /)\n--\n\nsemctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, nsems,\n"
      "otime, ctime)."},
-    {"sem_getall", ipc_sem_getall, METH_O,
-     "sem_getall(semid, /)\n--\n\nsemctl(GETALL) as a tuple."},
+    {"sem_getall", (PyCFunction)(void (*)(void))ipc_sem_getall, METH_FASTCALL,
+     "sem_getall(semid, key=None, /)\n--\n\nsemctl(GETALL) as a tuple."},
     {"sem_setall", (PyCFunction)(void (*)(void))ipc_sem_setall, METH_FASTCALL,
-     "sem_setall(semid, values, /)\n--\n\nsemctl(SETALL)."},
+     "sem_setall(semid, values, key=None, /)\n--\n\nsemctl(SETALL)."},
     {"sem_set_mode", (PyCFunction)(void (*)(void))ipc_sem_set_mode, METH_FASTCALL,
-     "sem_set_mode(semid, mode, /)\n--\n\nsemctl(IPC_SET) of the permission bits."},
+     "sem_set_mode(semid, mode, key=None, /)\n--\n\nsemctl(IPC_SET) of the permission bits."},
     {"msgget", (PyCFunction)(void (*)(void))ipc_msgget, METH_FASTCALL,
      "msgget(key, flags, /)\n--\n\nmsgget(2); returns the queue id."},
     {"msgsnd", (PyCFunction)(void (*)(void))ipc_msgsnd, METH_VARARGS | METH_KEYWORDS,
@@ -806,13 +853,13 @@ PyMethodDef ss_ipc_functions[] = {
     {"msgrcv", (PyCFunction)(void (*)(void))ipc_msgrcv, METH_VARARGS | METH_KEYWORDS,
      "msgrcv(msqid, bufsize, type=0, blocking=True, timeout=None, key=None)\n--\n\n"
      "Receive one message as (data, type), or None when none arrived."},
-    {"msg_stat", ipc_msg_stat, METH_O,
-     "msg_stat(msqid, /)\n--\n\nmsgctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, cbytes,\n"
+    {"msg_stat", (PyCFunction)(void (*)(void))ipc_msg_stat, METH_FASTCALL,
+     "msg_stat(msqid, key=None, /)\n--\n\nmsgctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, cbytes,\n"
      "qnum, qbytes, lspid, lrpid, stime, rtime, ctime)."},
     {"msg_set", (PyCFunction)(void (*)(void))ipc_msg_set, METH_FASTCALL,
-     "msg_set(msqid, max_bytes, mode, /)\n--\n\n"
+     "msg_set(msqid, max_bytes, mode, key=None, /)\n--\n\n"
      "msgctl(IPC_SET) of msg_qbytes, and of the permission bits unless mode < 0."},
-    {"msg_rmid", ipc_msg_rmid, METH_O, "msg_rmid(msqid, /)\n--\n\nmsgctl(IPC_RMID)."},
+    {"msg_rmid", (PyCFunction)(void (*)(void))ipc_msg_rmid, METH_FASTCALL, "msg_rmid(msqid, key=None, /)\n--\n\nmsgctl(IPC_RMID)."},
     {"ftok", (PyCFunction)(void (*)(void))ipc_ftok, METH_FASTCALL,
      "ftok(path, proj_id, /)\n--\n\nftok(3): a key from an existing path and a project id."},
     {NULL, NULL, 0, NULL},

@@ -35,8 +35,18 @@ ss_semop_ex(ss_state *st, int semid, struct sembuf *ops, struct sembuf *nowait_o
         if (!blocking)
             return 0;
     }
-    if (!dl->infinite && ss_remaining_ns(dl) == 0)
+    if (!dl->infinite && ss_remaining_ns(dl) == 0) {
+        /* No time to wait, but the operation must still be tried once. */
+        if (probe)
+            return 0;
+        *probe_failed = 1;
+        rc = semop(semid, nowait_ops, n);
+        if (rc == 0)
+            return 1;
+        if (errno != EAGAIN && errno != EINTR)
+            goto error;
         return 0;
+    }
 
     int async_err = 0, err;
     do {
