@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -148,40 +148,81 @@ class KeyFactory:
 SRC_ENV = dict(os.environ)
 
 
+# Run as another uid.  The interpreter and its stdlib may live where that uid
+# cannot read (e.g. under /root), and modules are imported lazily, so the
+# child keeps 0 as its *saved* uid and regains root only while importing.
+# Everything else, and every IPC call in particular, runs with real and
+# effective uid/gid set to that user and no effective capabilities.
+_DROP_PRELUDE = """\
+import builtins as _b, os as _os, sys as _sys
+import shmsem, shmsem.cli, shmsem.compat
+_uid = {uid}
+_real_import = _b.__import__
+_depth = [0]
+def _import(*args, **kwargs):
+    if _depth[0] == 0:
+        _os.seteuid(0)
+    _depth[0] += 1
+    try:
+        return _real_import(*args, **kwargs)
+    finally:
+        _depth[0] -= 1
+        if _depth[0] == 0:
+            _os.seteuid(_uid)
+_os.setgroups([])
+_os.setresgid(_uid, _uid, 0)
+_os.setresuid(_uid, _uid, 0)
+_b.__import__ = _import
+_os.chdir("/")
+exec(compile(_sys.argv[1], "<child>", "exec"), {{"__name__": "__main__"}})
+"""
+
+
 class Child:
-    """A Python child process running ``code``; stdout/stderr captured."""
+    """A Python child process running ``code``; stdout/stderr captured.
+
+    With ``user``, the code runs as that uid/gid (the test must run as root).
+    """
 
     def __init__(self, code: str, *, user: Optional[int] = None, env: Optional[dict[str, str]] = None) -> None:
         self.code = textwrap.dedent(code)
-        preexec = None
+        argv = [sys.executable, "-c", self.code]
         if user is not None:
-            def preexec() -> None:
-                os.setgid(user)
-                os.setgroups([])
-                os.setuid(user)
+            argv = [sys.executable, "-c", _DROP_PRELUDE.format(uid=user), self.code]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.code],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env or SRC_ENV, preexec_fn=preexec, cwd="/",
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env or SRC_ENV, cwd="/",
         )
+        self._pending = b""
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def readline(self, timeout: float = 10.0) -> str:
-        """One line of the child's stdout, or fail after ``timeout``."""
+        """One line of the child's stdout, or fail after ``timeout``.
+
+        Reads the pipe unbuffered, keeping what follows the line for the next
+        call, so lines printed together are never lost."""
         import select
 
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.kill()
-            pytest.fail(f"child printed nothing within {timeout}s; stderr: {self.stderr_text()}")
-        line = self.proc.stdout.readline().decode()
-        if not line:
-            pytest.fail(f"child exited early (rc={self.proc.wait(5)}): {self.stderr_text()}")
-        return line.strip()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                self.kill()
+                pytest.fail(f"child printed nothing within {timeout}s; stderr: {self.stderr_text()}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if self._pending:
+                    break
+                pytest.fail(f"child exited early (rc={self.proc.wait(5)}): {self.stderr_text()}")
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode().strip()
 
     def expect(self, text: str, timeout: float = 10.0) -> None:
         line = self.readline(timeout)
@@ -214,7 +255,7 @@ class Child:
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"child did not exit within {timeout}s")
-        return self.proc.returncode, out.decode(), err.decode()
+        return self.proc.returncode, (self._pending + out).decode(), err.decode()
 
     def stderr_text(self) -> str:
         if self.proc.poll() is None:
@@ -248,3 +289,13 @@ NOBODY = 65534
 def as_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to switch a child to another uid")
+
+
+@pytest.fixture
+def nobody(child: Callable[..., Child], as_root: None) -> Callable[[str], Child]:
+    """Factory: ``nobody(code)`` runs code in a child as uid/gid 65534."""
+
+    def start(code: str) -> Child:
+        return child(code, user=NOBODY)
+
+    return start

@@ -133,56 +133,6 @@ def orphan_segment(child: Any, size: int = 4096, **kw: Any) -> int:
     return shmid
 
 
-_nobody_exe: list[str] = []
-
-
-def nobody_python() -> str:
-    """An interpreter uid 65534 can run that imports this shmsem (the venv's may
-    live under /root)."""
-    if _nobody_exe:
-        return _nobody_exe[0]
-    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for exe in dict.fromkeys([sys.executable, os.path.realpath(sys.executable),
-                              f"/usr/bin/python{ver}", f"/usr/local/bin/python{ver}"]):
-        try:
-            r = subprocess.run([exe, "-c", "import shmsem._core"], env=nobody_env(),
-                               preexec_fn=drop_to_nobody, cwd="/", capture_output=True,
-                               timeout=TIMEOUT)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if r.returncode == 0:
-            _nobody_exe.append(exe)
-            return exe
-    pytest.skip("no python that uid 65534 can run imports shmsem")
-
-
-def drop_to_nobody() -> None:
-    os.setgid(NOBODY)
-    os.setgroups([])
-    os.setuid(NOBODY)
-
-
-def nobody_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(shmsem.__file__)))
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
-@pytest.fixture
-def nobody(child: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Any]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a child as uid 65534")
-    exe = nobody_python()
-
-    def start(code: str) -> Any:
-        with monkeypatch.context() as m:
-            m.setattr(sys, "executable", exe)
-            return child(code, user=NOBODY, env=nobody_env())
-
-    return start
-
-
 def run_in_pty(args: Sequence[str], env: dict[str, str], until: bytes,
                timeout: float = 10.0) -> tuple[subprocess.Popen[bytes], int, bytes]:
     """Start `python -m shmsem ARGS` with a pty as its controlling terminal;

@@ -365,64 +365,6 @@ def test_limit_msgmax() -> None:
 # ---------------------------------------------------------------------------
 # Another uid: a child running as nobody (65534).
 
-_nobody_python: list[str] = []
-
-
-def nobody_python() -> str:
-    """An interpreter that uid 65534 can run and that imports this shmsem.
-
-    The dev venv's python is a symlink into /root (mode 0700), which nobody
-    cannot traverse; the system python of the same minor version can load the
-    same extension module from src/."""
-    if _nobody_python:
-        return _nobody_python[0]
-    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [sys.executable, os.path.realpath(sys.executable),
-                  getattr(sys, "_base_executable", sys.executable),
-                  f"/usr/bin/python{ver}", f"/usr/local/bin/python{ver}"]
-    tried = []
-    for exe in dict.fromkeys(candidates):
-        try:
-            r = subprocess.run([exe, "-c", "import shmsem._core"], env=nobody_env(),
-                               preexec_fn=_drop_to_nobody, cwd="/", capture_output=True,
-                               timeout=30, check=False)
-        except (OSError, subprocess.SubprocessError) as e:
-            tried.append(f"{exe}: {e}")
-            continue
-        if r.returncode == 0:
-            _nobody_python.append(exe)
-            return exe
-        tried.append(f"{exe}: rc={r.returncode} {r.stderr.decode(errors='replace')[-200:]}")
-    pytest.fail("no python that uid 65534 can run imports shmsem:\n" + "\n".join(tried))
-
-
-def _drop_to_nobody() -> None:
-    os.setgid(NOBODY)
-    os.setgroups([])
-    os.setuid(NOBODY)
-
-
-def nobody_env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = os.path.dirname(os.path.dirname(os.path.abspath(shmsem.__file__)))
-    env["PYTHONPATH"] = src
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
-@pytest.fixture
-def nobody(child, as_root, monkeypatch):
-    """Start ``code`` in a child running as uid/gid 65534."""
-    exe = nobody_python()
-
-    def start(code: str):
-        with monkeypatch.context() as m:
-            m.setattr(sys, "executable", exe)
-            return child(code, user=NOBODY, env=nobody_env())
-
-    return start
-
-
 def remove_key_everywhere(key: int) -> None:
     signed = key - 2**32 if key >= 2**31 else key
     for kind in ("shm", "sem", "msg"):

@@ -1072,16 +1072,19 @@ class SemaphoreSetModel(RuleBasedStateMachine):
     @rule(ops=st.lists(st.tuples(st.integers(0, N - 1), st.integers(-5, 5)), min_size=1,
                        max_size=4))
     def op_nowait(self, ops: list[tuple[int, int]]) -> None:
+        # The kernel applies the ops in order and the first one that cannot
+        # proceed decides: one that would block makes the call fail with
+        # EAGAIN (False), one that would pass SEMVMX with ERANGE (ValueError).
         trial = list(self.model)
-        ok = True
+        ok, too_big = True, False
         for i, d in ops:
-            if d == 0:
-                ok = ok and trial[i] == 0
-            elif trial[i] + d < 0:
+            if (d == 0 and trial[i] != 0) or trial[i] + d < 0:
                 ok = False
-            else:
-                trial[i] += d
-        too_big = ok and any(v > SEMVMX for v in trial)
+                break
+            if trial[i] + d > SEMVMX:
+                too_big = True
+                break
+            trial[i] += d
         if too_big:
             with pytest.raises(ValueError):
                 self.s.op(ops, nowait=True)
