@@ -346,13 +346,16 @@ def semop_floor_start(r: Runner, cpu_a: int, cpu_b: int,
     return start
 
 
-def memcpy_floor_start(r: Runner, size: int, capacity: int,
-                       name: str) -> Callable[[contextlib.ExitStack], C.Candidate]:
+def memcpy_floor_start(r: Runner, size: int, capacity: int, name: str,
+                       program: str = "memcpy_floor"
+                       ) -> Callable[[contextlib.ExitStack], C.Candidate]:
+    """memcpy_floor.c (one process), or ring_floor.c (two processes)."""
+
     def start(stack: contextlib.ExitStack) -> C.Candidate:
-        exe = C.compile_c("memcpy_floor")
+        exe = C.compile_c(program)
 
         def run(n: int) -> int:
-            cpu = r.producer_cpu
+            cpu = r.producer_cpu if program == "memcpy_floor" else None  # ring_floor: never
             try:
                 with C.pinned([cpu]) if cpu is not None else contextlib.nullcontext():
                     return int(C.run_c(exe, size, capacity, n, timeout=r.timeout))
@@ -422,6 +425,9 @@ def build_groups(r: Runner) -> list[GroupSpec]:
             _shmsem_throughput(r, BYTES, size, LARGE_CAPACITY, into=True)]
     floor = "C memcpy floor (into a ring, out to a new buffer)"
     rows.append(RowSpec(floor, "floor", memcpy_floor_start(r, size, LARGE_CAPACITY, floor)))
+    floor = "C two-process ring (lock-free, spinning; reference)"
+    rows.append(RowSpec(floor, "floor", memcpy_floor_start(r, size, LARGE_CAPACITY, floor,
+                                                           "ring_floor")))
     rows += _peer_rows(r, BYTES, size, LARGE_CAPACITY)
     groups.append(GroupSpec("throughput_1m", "1 MiB messages", "throughput", size, rows, layout))
 
