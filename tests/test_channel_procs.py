@@ -701,6 +701,20 @@ def test_lock_holders_that_cannot_be_judged_are_left_alone(make, case) -> None:
     assert ch.get_bytes() == b"x"
 
 
+@pytest.mark.parametrize("side", LOCKS)
+def test_lock_of_an_earlier_process_with_our_pid_is_recovered(make, side) -> None:
+    """Our pid, but not our identity (another start time): a process that had
+    this pid before us and died holding the lock (protocol.md section 2)."""
+    ch = make(1024)
+    _prepare(ch, side)
+    start = proc_stat(os.getpid())[1]
+    with SharedMemory.from_id(ch.id) as shm:
+        shm.write_at(LOCKS[side], struct.pack("<Q", identity(os.getpid(), start + 1)))
+    _blocked_op(ch, side, timeout=5)
+    assert ch.stats().recoveries == 1
+    assert _lock_pid(ch, side) == 0
+
+
 def test_producer_killed_while_holding_the_lock(make, child) -> None:
     """A child puts very large messages in a loop; the parent waits until it
     sees the child holding the producer lock, then SIGKILLs it.  The next put
@@ -829,7 +843,8 @@ print("get", attempt(lambda: empty.get_bytes(timeout=1)), flush=True)
 print("put", attempt(lambda: full.put_bytes(b"y", timeout=1)), flush=True)
 print("wait", attempt(lambda: mb.wait(0, timeout=10)), flush=True)
 print("fired", shim.shim_fired(), flush=True)
-""", env=dict(os.environ, LD_PRELOAD=str(spin_shim)))
+""", env=dict(os.environ, LD_PRELOAD=" ".join(  # keep a sanitizer runtime first
+        filter(None, [os.environ.get("LD_PRELOAD", ""), str(spin_shim)]))))
         rc, out, err = c.finish(timeout=60)
         assert rc == 0, err
         lines = dict(line.split(" ", 1) for line in out.splitlines())

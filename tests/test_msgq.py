@@ -468,6 +468,7 @@ def test_blocked_sender_is_woken(q: MessageQueue, child) -> None:
 BLOCKED = """
 import shmsem
 q = shmsem.MessageQueue.from_id({id})
+print("ready", flush=True)
 try:
     {call}
 except BaseException as e:
@@ -492,8 +493,10 @@ def _prepare(q: MessageQueue, full: bool) -> None:
 
 
 def _wait_blocked(c: Any, fragment: Any) -> None:
+    c.expect("ready")
     if fragment is None:
-        # A timed call polls with short sleeps; give it time to start.
+        # A timed call polls with short sleeps, so it shows no wait channel;
+        # give it a moment to get from "ready" into the call.
         time.sleep(0.2)
     else:
         wait_blocked_in(c.pid, fragment)
