@@ -62,10 +62,39 @@ def die_with_parent():
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:
         os._exit(1)
+
+
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return "X"
+    return text[text.rindex(")") + 2]
+
+
+def kill_in_lock(pid, holder, budget=2.0):
+    """SIGKILL pid at a moment it holds a lock (holder() is the lock's pid):
+    stop it when seen holding, and kill it if it still holds once stopped.
+    Returns whether it died holding the lock."""
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        if holder() != pid:
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        while proc_state(pid) not in "TtZX" and time.monotonic() < deadline:
+            pass
+        if holder() == pid:
+            os.kill(pid, signal.SIGKILL)
+            return True
+        os.kill(pid, signal.SIGCONT)
+    os.kill(pid, signal.SIGKILL)
+    return False
 '''
 H: dict[str, Any] = {}
 exec(HELPERS, H)
 decode: Callable[[bytes], tuple[bytes, int, int]] = H["decode"]
+kill_in_lock: Callable[..., bool] = H["kill_in_lock"]
 encode: Callable[[bytes, int, int, bytes], bytes] = H["encode"]
 
 
@@ -275,13 +304,10 @@ def test_producers_killed_mid_put(make, child) -> None:
                 sys.exit(1)
             if r % 2:
                 time.sleep(random.uniform(0, 0.03))
+                os.kill(pid, signal.SIGKILL)
             else:  # aim: kill it while it holds the producer lock
-                deadline = time.monotonic() + 2
-                while ch.stats().producer_lock_pid != pid and time.monotonic() < deadline:
-                    pass
-            os.kill(pid, signal.SIGKILL)
+                held += kill_in_lock(pid, lambda: ch.stats().producer_lock_pid)
             os.waitpid(pid, 0)
-            held += ch.stats().producer_lock_pid == pid
             os.close(rd)
         print("done", held, flush=True)
     """)
@@ -386,13 +412,10 @@ def test_consumers_killed_mid_get(make, child) -> None:
                 sys.exit(1)
             if r % 2:
                 time.sleep(random.uniform(0, 0.03))
+                os.kill(pid, signal.SIGKILL)
             else:  # aim: kill it while it holds the consumer lock
-                deadline = time.monotonic() + 2
-                while ch.stats().consumer_lock_pid != pid and time.monotonic() < deadline:
-                    pass
-            os.kill(pid, signal.SIGKILL)
+                held += kill_in_lock(pid, lambda: ch.stats().consumer_lock_pid)
             os.waitpid(pid, 0)
-            held += ch.stats().consumer_lock_pid == pid
             os.close(rd)
         os.write(1, b"done %d\\n" % held)
     """)
@@ -734,12 +757,10 @@ def test_producer_killed_while_holding_the_lock(make, child) -> None:
                     pass
         """))
         c.expect("ready")
-        deadline = time.monotonic() + WAIT
-        while ch.stats().producer_lock_pid != c.pid and time.monotonic() < deadline:
-            pass  # spin: the lock is held only while a message is copied
-        c.proc.send_signal(signal.SIGKILL)
+        died_holding = kill_in_lock(c.pid, lambda: ch.stats().producer_lock_pid, 10.0)
         c.proc.wait(WAIT)
-        if ch.stats().producer_lock_pid == c.pid:
+        if died_holding:
+            assert ch.stats().producer_lock_pid == c.pid
             held_at_death += 1
             before = ch.stats().recoveries
             ch.put_bytes(b"recovered", timeout=5)

@@ -461,6 +461,34 @@ def die_with_parent():
     libc.prctl(1, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(1)
+
+
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return "X"
+    return text[text.rindex(")") + 2]
+
+
+def kill_in_lock(pid, holder, budget=2.0):
+    """SIGKILL pid at a moment it holds a lock (holder() is the lock's pid):
+    stop it when seen holding, and kill it if it still holds once stopped.
+    Returns whether it died holding the lock."""
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        if holder() != pid:
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        while proc_state(pid) not in "TtZX" and time.monotonic() < deadline:
+            pass
+        if holder() == pid:
+            os.kill(pid, signal.SIGKILL)
+            return True
+        os.kill(pid, signal.SIGCONT)
+    os.kill(pid, signal.SIGKILL)
+    return False
 '''
 CS: dict[str, Any] = {}
 exec(CHECKSUM, CS)
@@ -581,9 +609,9 @@ def test_writers_killed_mid_publish(make, child) -> None:
     them while they hold the writer lock.  A reader checks every value all
     along; afterwards the last complete value reads back intact and a new
     writer can publish (the lock is taken over)."""
-    cap = 1 << 20
+    cap = 1 << 19
     mb = make(cap)
-    kills = 10
+    kills = 8
     spawner = child(mb_code(mb.id, """
         block = os.urandom(CAP)
         held = 0
@@ -608,13 +636,11 @@ def test_writers_killed_mid_publish(make, child) -> None:
                 sys.exit(1)
             if r % 2 and r != KILLS - 1:
                 time.sleep(random.uniform(0, 0.02))
+                os.kill(pid, signal.SIGKILL)
+                last_held = False
             else:  # aim: kill it inside publish(), holding the lock
-                deadline = time.monotonic() + 2
-                while mb.stats()["writer_lock_pid"] != pid and time.monotonic() < deadline:
-                    pass
-            os.kill(pid, signal.SIGKILL)
+                last_held = kill_in_lock(pid, lambda: mb.stats()["writer_lock_pid"])
             os.waitpid(pid, 0)
-            last_held = mb.stats()["writer_lock_pid"] == pid
             held += last_held
             os.close(rd)
         print("done", held, int(last_held), flush=True)

@@ -11,9 +11,10 @@
  *                              at a time (3.3), waiting for room (3.5)
  *   write-batch SHMID          put all stdin lines as one batch (one commit)
  *   hold SHMID producer|consumer IDENT
- *                              take that lock with identity IDENT (full,
- *                              simple: pid | 1 << 32, or tagonly: pid | the
- *                              ns tag << 56), print "held", sleep until killed
+ *                              take that lock with identity IDENT (full; or
+ *                              with parts left 0, "unknown": bare = the pid
+ *                              alone, tagonly = no start time, startonly = no
+ *                              namespace tag), print "held", sleep until killed
  *   create CAPACITY            create a private Channel segment (section 1);
  *                              print its shmid
  *   check SHMID                validate the header only (section 1)
@@ -151,41 +152,64 @@ static uint64_t my_ns_tag(void)
     return (x & 0xff) | 1;
 }
 
-enum { IDENT_FULL, IDENT_SIMPLE, IDENT_TAGONLY };
+/* The full identity, or one with parts left 0 ("unknown"), as a peer that
+ * cannot compute them would write it. */
+enum { IDENT_FULL, IDENT_BARE, IDENT_TAGONLY, IDENT_STARTONLY };
 
 static uint64_t identity(int mode)
 {
     pid_t pid = getpid();
-    if (mode == IDENT_SIMPLE) /* "pid in the low 32 bits, some non-zero constant" */
-        return (uint64_t)(uint32_t)pid | (UINT64_C(1) << 32);
-    if (mode == IDENT_TAGONLY)
-        return (uint64_t)(uint32_t)pid | my_ns_tag() << 56;
     char state;
     unsigned long long start;
     if (proc_stat(pid, &state, &start) < 0)
         die("read /proc/self/stat");
-    return (uint64_t)(uint32_t)pid | (uint64_t)(start & 0xffffff) << 32 | my_ns_tag() << 56;
+    uint64_t id = (uint64_t)(uint32_t)pid;
+    if (mode == IDENT_FULL || mode == IDENT_STARTONLY)
+        id |= (uint64_t)(start & 0xffffff) << 32;
+    if (mode == IDENT_FULL || mode == IDENT_TAGONLY)
+        id |= my_ns_tag() << 56;
+    return id;
 }
 
 static uint64_t me;
 
-/* "A holder that died" */
+/* "Threads:" of /proc/<pid>/status, or -1 if it cannot be read. */
+static long proc_threads(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long n = -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "Threads:", 8) == 0)
+            n = strtol(line + 8, NULL, 10);
+    fclose(f);
+    return n;
+}
+
+/* "A holder that died"; parts of the identity left 0 are unknown. */
 static int holder_alive(uint64_t owner)
 {
     pid_t pid = (pid_t)(uint32_t)(owner & 0xffffffffu);
+    uint64_t tag = owner >> 56, start_bits = (owner >> 32) & 0xffffff;
+    if (tag != 0 && tag != my_ns_tag())
+        return 1;
     if (pid == getpid())
-        return 1;
-    if ((owner >> 56) != my_ns_tag())
-        return 1;
+        return owner == me;
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return 0;
     char state;
     unsigned long long start;
     if (proc_stat(pid, &state, &start) < 0)
         return 1;
-    if (state == 'Z' || state == 'X')
-        return 0;
-    if ((start & 0xffffff) != ((owner >> 32) & 0xffffff))
+    if (state == 'Z' || state == 'X') {
+        long threads = proc_threads(pid);
+        if (threads >= 0 && threads <= 1) /* unreadable: cannot tell, so alive */
+            return 0;
+    }
+    if (start_bits != 0 && start_bits != (start & 0xffffff))
         return 0;
     return 1;
 }
@@ -618,10 +642,12 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     int mode = IDENT_FULL;
     if (strcmp(cmd, "hold") == 0 && argc == 5) {
-        if (strcmp(argv[4], "simple") == 0)
-            mode = IDENT_SIMPLE;
+        if (strcmp(argv[4], "bare") == 0)
+            mode = IDENT_BARE;
         else if (strcmp(argv[4], "tagonly") == 0)
             mode = IDENT_TAGONLY;
+        else if (strcmp(argv[4], "startonly") == 0)
+            mode = IDENT_STARTONLY;
         else if (strcmp(argv[4], "full") != 0)
             goto usage;
     }
