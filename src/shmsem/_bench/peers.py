@@ -906,6 +906,22 @@ class BenchError(Exception):
     """A problem with the options or the environment, found before running."""
 
 
+def load_results(path: str) -> dict[str, Any]:
+    """Results written by --json, with Stats, ratios and verdicts rebuilt
+    (so that --from-json re-renders a saved run exactly)."""
+    import json
+
+    with open(path) as f:
+        res: dict[str, Any] = json.load(f)
+    for g in res["groups"]:
+        for row in g["rows"]:
+            st = row.get("stats")
+            row["stats"] = C.Stats(tuple(st["samples"])) if st else None
+        add_ratios(g)
+    res["targets"] = evaluate({g["id"]: g for g in res["groups"]})
+    return res
+
+
 def check_plot_available() -> Optional[str]:
     """None, or why --plot cannot work here."""
     if C.optional_import("matplotlib") is None:
@@ -933,11 +949,18 @@ def bench(args: argparse.Namespace, stdout: IO[str] = sys.stdout,
     if (args.trials is not None and args.trials < 1) or (
             args.trial_time is not None and args.trial_time <= 0):
         raise BenchError("--trials must be 1 or more and --trial-time above 0")
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        res = run_all(args, stderr)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    if getattr(args, "from_json", None):
+        try:
+            res = load_results(args.from_json)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BenchError(f"--from-json {args.from_json}: not a results file ({e})") from None
+        args.json = None  # it is already written
+    else:
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            res = run_all(args, stderr)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if getattr(args, "markdown", False):
         print(render_markdown(res), file=stdout)
     else:
@@ -990,6 +1013,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     """benchmarks/peers.py."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     add_arguments(p)
+    p.add_argument("--from-json", metavar="FILE",
+                   help="measure nothing: print (and --plot) the results saved in FILE by "
+                        "--json")
     args = p.parse_args(argv)
     try:
         return bench(args)
