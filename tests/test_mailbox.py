@@ -472,7 +472,7 @@ def proc_state(pid):
     return text[text.rindex(")") + 2]
 
 
-def kill_in_lock(pid, holder, budget=2.0):
+def kill_in_lock(pid, holder, budget=1.0):
     """SIGKILL pid at a moment it holds a lock (holder() is the lock's pid):
     stop it when seen holding, and kill it if it still holds once stopped.
     Returns whether it died holding the lock."""
