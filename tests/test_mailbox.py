@@ -325,6 +325,35 @@ def test_corrupt_cell_length_is_format_error(make, raw, length) -> None:
     assert mb.read() == (1, b"good")
 
 
+def test_current_cell_stuck_odd_is_format_error_not_a_hang(make, raw) -> None:
+    """Writers only ever write the cell that is not current, so an odd
+    counter on the current cell that never changes is corruption: read()
+    must give up with FormatError (bounded here by a thread), not spin."""
+    mb = make(100)
+    shm = raw(mb)
+    mb.publish(b"good")
+    cell = CELLS + (u64(shm, OFF_STATE) & 1) * stride_for(100)
+    counter = u64(shm, cell + CELL_LOCK_SEQ)
+    put_u64(shm, cell + CELL_LOCK_SEQ, counter + 1)
+    result: list[Any] = []
+
+    def read() -> None:
+        try:
+            result.append(mb.read())
+        except FormatError as e:
+            result.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(WAIT)
+    stuck = t.is_alive()
+    put_u64(shm, cell + CELL_LOCK_SEQ, counter)  # repair, so that a stuck reader ends
+    t.join(WAIT)
+    assert not stuck, "read() spun for 20 s on a stuck odd counter"
+    assert len(result) == 1 and isinstance(result[0], FormatError), result
+    assert mb.read() == (1, b"good")
+
+
 def test_scribbled_capacity_does_not_widen_an_open_handle(make, raw) -> None:
     mb = make(100)
     shm = raw(mb)
