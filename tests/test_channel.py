@@ -22,7 +22,8 @@ import threading
 import time
 import tracemalloc
 from collections import deque
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ class Runner:
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.result: Any = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self.thread.start()
 
@@ -914,18 +915,15 @@ def test_open_of_a_plain_segment_is_format_error(unique_key) -> None:
 
 
 def test_open_of_a_tiny_segment_is_format_error() -> None:
-    with SharedMemory.create(None, 100) as shm:
-        with pytest.raises(FormatError):
-            Channel.from_id(shm.id)
+    with SharedMemory.create(None, 100) as shm, pytest.raises(FormatError):
+        Channel.from_id(shm.id)
 
 
 def test_mailbox_is_not_a_channel_and_back() -> None:
-    with Mailbox.create(None, 1024) as mb:
-        with pytest.raises(FormatError):
-            Channel.from_id(mb.id)
-    with Channel.create(None, 1024) as ch:
-        with pytest.raises(FormatError):
-            Mailbox.from_id(ch.id)
+    with Mailbox.create(None, 1024) as mb, pytest.raises(FormatError):
+        Channel.from_id(mb.id)
+    with Channel.create(None, 1024) as ch, pytest.raises(FormatError):
+        Mailbox.from_id(ch.id)
 
 
 @pytest.mark.parametrize(

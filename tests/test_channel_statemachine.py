@@ -12,12 +12,18 @@ from __future__ import annotations
 import pickle
 import queue
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from shmsem import Channel
 
@@ -144,7 +150,7 @@ class ChannelMachine(RuleBasedStateMachine):
             assert got == payload and type(got) is bytes
 
     @rule(max_messages=st.one_of(st.none(), st.integers(min_value=1, max_value=8)))
-    def get_many_bytes(self, max_messages: Optional[int]) -> None:
+    def get_many_bytes(self, max_messages: int | None) -> None:
         if not self.model:
             with pytest.raises(queue.Empty):
                 self.ch.get_many_bytes(max_messages, block=False)

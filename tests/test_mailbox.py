@@ -20,8 +20,8 @@ import textwrap
 import threading
 import time
 import tracemalloc
-import zlib
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -45,7 +45,7 @@ def stride_for(capacity: int) -> int:
 def make() -> Iterator[Callable[..., Mailbox]]:
     made: list[Mailbox] = []
 
-    def factory(capacity: int = 1024, key: Optional[int] = None) -> Mailbox:
+    def factory(capacity: int = 1024, key: int | None = None) -> Mailbox:
         mb = Mailbox.create(key, capacity)
         made.append(mb)
         return mb
@@ -270,9 +270,8 @@ def test_plain_segment_is_format_error(unique_key) -> None:
 
 
 def test_channel_is_not_a_mailbox() -> None:
-    with Channel.create(None, 1024) as ch:
-        with pytest.raises(FormatError):
-            Mailbox.from_id(ch.id)
+    with Channel.create(None, 1024) as ch, pytest.raises(FormatError):
+        Mailbox.from_id(ch.id)
 
 
 @pytest.mark.parametrize(
@@ -520,9 +519,9 @@ def kill_in_lock(pid, holder, budget=1.0):
     return False
 '''
 CS: dict[str, Any] = {}
-exec(CHECKSUM, CS)
+exec(CHECKSUM, CS)  # noqa: S102 - our own helper source, shared with the children
 make_value: Callable[[int, bytes], bytes] = CS["make_value"]
-check_value: Callable[[int, bytes], Optional[str]] = CS["check_value"]
+check_value: Callable[[int, bytes], str | None] = CS["check_value"]
 
 READER = r'''
 rng = random.Random(READER_ID)

@@ -23,8 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = subprocess.run(
         [cc, "-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Werror",
          "-o", str(exe), str(SOURCE)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, f"compiling {SOURCE.name} failed:\n{proc.stderr}"
     return exe
@@ -55,9 +56,9 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run(peer: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    def run(*args: object, input: Optional[str] = None, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    def run(*args: object, input: str | None = None, expect: int = 0) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([str(peer), *map(str, args)], input=input, capture_output=True,
-                              text=True, timeout=WAIT + 10)
+                              text=True, timeout=WAIT + 10, check=False)
         assert proc.returncode == expect, (
             f"channel_reader {args}: exit {proc.returncode}, expected {expect}; "
             f"stderr: {proc.stderr[-2000:]}"
@@ -71,7 +72,7 @@ def run(peer: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 def background(peer: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(*args: object, stdin: Optional[int] = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    def start(*args: object, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[str]:
         p = subprocess.Popen([str(peer), *map(str, args)], stdin=stdin, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         started.append(p)
