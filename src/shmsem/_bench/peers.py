@@ -715,6 +715,10 @@ def fmt_rate(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _fmt_ratio(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
+
+
 def _fmt_pct(s: C.Stats) -> str:
     return f"{s.spread * 100:.0f} %"
 
@@ -750,7 +754,7 @@ def group_table(g: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             vf = row.get("vs_floor")
             med, rng = C.fmt_stats(s, 1e-3)
             rows.append([row["name"], med, rng, _fmt_pct(s),
-                         f"{vf.median:.3g}" if vf is not None else "—"])
+                         _fmt_ratio(vf.median) if vf is not None else "—"])
     elif kind == "idle":
         headers = ["receiver", "CPU %", "range"]
         for row in g["rows"]:
