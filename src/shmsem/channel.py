@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 from . import _core
 from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg
-from .errors import ExistsError, FormatError, NotFoundError, RemovedError, format_key
+from .errors import ClosedError, ExistsError, FormatError, NotFoundError, RemovedError, format_key
 from .keys import Key, normalize_key
 from .shm import SharedMemory
 
@@ -365,6 +365,8 @@ class Channel(_core.ChannelBase):
         self.close()
 
     def __reduce__(self) -> Any:
+        if self.closed:
+            raise ClosedError("cannot pickle a closed Channel")
         return (Channel.from_id, (self.id,))
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from . import _core
 from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg
-from .errors import ExistsError, FormatError, NotFoundError, RemovedError, format_key
+from .errors import ClosedError, ExistsError, FormatError, NotFoundError, RemovedError, format_key
 from .keys import Key, normalize_key
 from .shm import SharedMemory
 
@@ -155,6 +155,8 @@ class Mailbox(_core.MailboxBase):
         self.close()
 
     def __reduce__(self) -> Any:
+        if self.closed:
+            raise ClosedError("cannot pickle a closed Mailbox")
         return (Mailbox.from_id, (self.id,))
 
     def __repr__(self) -> str:

@@ -432,7 +432,9 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
     char *ring = ring_of(h);
     uint64_t hd = atomic_load_explicit(&h->head, memory_order_relaxed);
     uint64_t t = self->cached_tail;
-    if (t == hd || t - hd > self->capacity) {
+    /* A single get uses the cached tail while it shows data; a batch looks
+     * at the real tail so that it sees everything committed so far. */
+    if (t == hd || t - hd > self->capacity || req->max > 1) {
         t = atomic_load_explicit(&h->tail, memory_order_acquire);
         self->cached_tail = t;
     }
@@ -730,8 +732,14 @@ channel_recv_into(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
         ss_parse_block_timeout(a[1], a[2], &blocking, &dl) < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) { /* as socket.recv_into */
+            PyErr_Format(PyExc_TypeError,
+                         "recv_into() needs a writable buffer, not %.100s",
+                         Py_TYPE(a[0])->tp_name);
+        }
         return NULL;
+    }
     take_req req = {.mode = TAKE_INTO, .max = 1, .into = &view};
     int n = channel_take(self, &req, blocking, &dl);
     PyBuffer_Release(&view);
