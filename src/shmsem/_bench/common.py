@@ -316,10 +316,16 @@ def _die_with_parent() -> None:
         pass
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_main(conn: Any, build: Callable[[], Role], cpu: Optional[int],
                  parent: int) -> None:
+    # Born with SIGINT and SIGTERM blocked (see Worker): set our own
+    # dispositions before a pending one can reach the parent's handlers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent()
     if os.getppid() != parent:
         return
@@ -363,8 +369,14 @@ class Worker:
         sys.stderr.flush()
         self.proc = ctx.Process(target=_worker_main, args=(child, build, cpu, os.getpid()),
                                 name=f"shmsem-bench {name}", daemon=True)
-        self.proc.start()
-        child.close()
+        # A Ctrl-C typed while the child is being forked would otherwise run
+        # the parent's Python handler in the child, mid-bootstrap.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            child.close()
 
     @property
     def pid(self) -> int:

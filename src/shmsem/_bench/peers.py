@@ -139,11 +139,57 @@ class GroupSpec:
     batch: int = 0
 
 
+class Interrupts:
+    """While installed, SIGINT raises KeyboardInterrupt and SIGTERM raises
+    SystemExit(143) in the main thread, once; later signals are ignored, so
+    that a second Ctrl-C cannot cut the cleanup short.
+
+    A signal handler's exception is lost ("Exception ignored in ...") when
+    the handler happens to run inside a __del__ method, so ``check()``
+    raises it again at every step of the run."""
+
+    def __init__(self) -> None:
+        self.pending: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    @staticmethod
+    def _exception(signum: int) -> BaseException:
+        return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(143)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.pending is not None:
+            return
+        self.pending = signum
+        # Raised inside a finalizer it would only be printed and dropped:
+        # leave it to the next check() instead.
+        f = frame
+        while f is not None:
+            if f.f_code.co_name == "__del__":
+                return
+            f = f.f_back
+        raise self._exception(signum)
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise self._exception(self.pending)
+
+    def __enter__(self) -> "Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
 class Runner:
     """Settings shared by every group of one run."""
 
     def __init__(self, trials: int, trial_time: float, cpus: Sequence[int], quick: bool,
-                 progress: C.Progress, pin_throughput: bool = False) -> None:
+                 progress: C.Progress, pin_throughput: bool = False,
+                 interrupts: Optional[Interrupts] = None) -> None:
+        self.interrupts = interrupts or Interrupts()
         self.trials = trials
         self.trial_time = trial_time
         self.cpus = list(cpus)
@@ -152,6 +198,11 @@ class Runner:
         self.pin_throughput = pin_throughput
         # A worker that has not answered by then is taken for hung.
         self.timeout = 20.0 + 40.0 * trial_time
+
+    def step(self, text: str = "", weight: int = 1) -> None:
+        """Progress, and the point where a pending Ctrl-C or SIGTERM is raised."""
+        self.interrupts.check()
+        self.progress.step(text, weight)
 
     @property
     def producer_cpu(self) -> Optional[int]:
@@ -483,7 +534,7 @@ def run_group(r: Runner, g: GroupSpec) -> dict[str, Any]:
             except (C.CandidateFailed, OSError, RuntimeError, ValueError) as e:
                 out["error"] = f"{type(e).__name__}: {e}"
                 r.progress.note(f"{row.name}: could not start: {out['error']}")
-        stats = C.interleaved(cands, r.trials, r.trial_time, step=r.progress.step,
+        stats = C.interleaved(cands, r.trials, r.trial_time, step=r.step,
                               failures=failures)
         ns = {c.name: c.n for c in cands}
     for out in rows:
@@ -493,7 +544,7 @@ def run_group(r: Runner, g: GroupSpec) -> dict[str, Any]:
         s = stats.get(out["name"])
         out["stats"] = s
         out["n"] = ns.get(out["name"])
-    r.progress.step("", max(0, before + planned - r.progress.done))
+    r.step("", max(0, before + planned - r.progress.done))
     return {"id": g.id, "title": g.title, "kind": g.kind, "size": g.size, "mode": g.mode,
             "batch": g.batch, "layout": g.layout, "rows": rows}
 
@@ -554,7 +605,7 @@ def run_idle(r: Runner) -> dict[str, Any]:
             for out, w in workers:
                 samples[out["name"]].append(
                     100.0 * (C.process_cpu_ns(w.pid) - cpu0[out["name"]]) / (t1 - t0))
-            r.progress.step(f"window {i + 1}/{windows}")
+            r.step(f"window {i + 1}/{windows}")
         for out, w in workers:
             if not w.proc.is_alive() or w._conn.poll(0):
                 out["error"] = "the consumer stopped waiting (it returned or failed)"
@@ -596,7 +647,7 @@ def run_mailbox(r: Runner) -> dict[str, Any]:
         cands = [C.Candidate("Mailbox.publish(64 B)", publish_run),
                  C.Candidate("Mailbox.read() -> 64 B", read_run)]
         with C.pinned([r.cpus[0]]):
-            stats = C.interleaved(cands, r.trials, r.trial_time, step=r.progress.step)
+            stats = C.interleaved(cands, r.trials, r.trial_time, step=r.step)
     rows = [{"name": c.name, "lib": SHMSEM, "api": "", "stats": stats[c.name], "n": c.n,
              "missing": None, "error": None} for c in cands]
     return {"id": "mailbox", "title": f"Mailbox, {size} B values, one process",
@@ -863,8 +914,8 @@ def _planned_steps(groups: list[GroupSpec], trials: int, quick: bool) -> int:
     return n + (IDLE_WINDOWS_QUICK if quick else IDLE_WINDOWS_FULL) + 2 * (1 + trials)
 
 
-def run_all(args: argparse.Namespace, progress_stream: IO[str] = sys.stderr
-            ) -> dict[str, Any]:
+def run_all(args: argparse.Namespace, progress_stream: IO[str] = sys.stderr,
+            interrupts: Optional[Interrupts] = None) -> dict[str, Any]:
     """Run everything; returns the results (as written by --json)."""
     trials, trial_time = C.trial_settings(args)
     cpus = C.allowed_cpus()
@@ -873,7 +924,7 @@ def run_all(args: argparse.Namespace, progress_stream: IO[str] = sys.stderr
     info = C.machine_info()
     progress = C.Progress(1, progress_stream)
     r = Runner(trials, trial_time, cpus, args.quick, progress,
-               pin_throughput=bool(getattr(args, "pin", False)))
+               pin_throughput=bool(getattr(args, "pin", False)), interrupts=interrupts)
     specs = build_groups(r)
     progress.total = _planned_steps(specs, trials, args.quick)
     before = C.sysv_objects()
@@ -960,11 +1011,8 @@ def bench(args: argparse.Namespace, stdout: IO[str] = sys.stdout,
             raise BenchError(f"--from-json {args.from_json}: not a results file ({e})") from None
         args.json = None  # it is already written
     else:
-        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        try:
-            res = run_all(args, stderr)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        with Interrupts() as interrupts:
+            res = run_all(args, stderr, interrupts)
     if getattr(args, "markdown", False):
         print(render_markdown(res), file=stdout)
     else:
