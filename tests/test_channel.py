@@ -1452,3 +1452,33 @@ def test_close_while_another_thread_waits_is_all_or_nothing(make) -> None:
                 getter.join()
     finally:
         getter.thread.join(WAIT)  # so that the fixture can close it
+
+
+def test_large_records_restart_at_the_ring_start(make) -> None:
+    """Into an empty ring, a record of 64 KiB or more that would start deep
+    enough in the ring for itself to fit before that point starts at offset 0,
+    behind a padding record (protocol.md 3.3); consumers never see the
+    padding."""
+    cap = 1 << 20
+    ch = make(cap)
+    big = bytes(range(256)) * 512  # 128 KiB
+    rec = record_size(len(big))
+    ch.put_bytes(big)
+    assert ch._stats()["tail"] == rec
+    assert ch.get_bytes() == big
+    ch.put_bytes(big)  # empty, at offset rec >= rec: pads to the end, starts at 0
+    stats = ch._stats()
+    assert stats["tail"] == cap + rec
+    assert stats["messages"] == 1 and ch.qsize() == 1
+    assert ch.get_many_bytes() == [big]  # the padding is skipped, not delivered
+    assert ch.empty() and ch._stats()["head"] == cap + rec
+    # A small record never rewinds, and neither does anything into a non-empty ring.
+    ch.put_bytes(b"small")
+    ch.put_bytes(big)
+    assert ch._stats()["tail"] == cap + rec + record_size(5) + rec
+    assert ch.get_bytes() == b"small" and ch.get_bytes() == big
+    # Not enough room before the current offset (here 2 * rec + 16): no rewind.
+    before = ch._stats()["tail"]
+    ch.put_bytes(big * 3)
+    assert ch._stats()["tail"] == before + record_size(3 * len(big))
+    assert ch.get_bytes() == big * 3

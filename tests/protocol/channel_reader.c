@@ -70,6 +70,7 @@ static uint64_t magic_channel(void)
 #define OFF_PRODUCERS_WAITING 196
 
 /* Section 3.2 */
+#define KIND_PAD 0
 #define KIND_BYTES 1
 
 typedef _Atomic uint64_t a64;
@@ -423,6 +424,12 @@ static int64_t get_one(unsigned char **out, unsigned *kind, int64_t deadline)
             exit(EXIT_CORRUPT);
         }
         *kind = rh[1] & 0xff;
+        if (*kind == KIND_PAD) {                        /* 3.2: padding, skip it */
+            atomic_store_explicit(f64(OFF_HEAD), h + record_size(len), memory_order_release);
+            unlock(OFF_CONS_LOCK);
+            wake(OFF_PRODUCERS_WAITING, OFF_SPACE_EVENT);
+            continue;
+        }
         *out = malloc(len ? len : 1);
         if (*out == NULL)
             die("malloc");

@@ -252,6 +252,10 @@ ring_read(ChannelObject *self, SegmentObject *seg, const char *ring, uint64_t po
         ss_copy(seg, (char *)dst + first, ring, n - first);
 }
 
+/* Records of at least this size are moved to the start of an empty ring
+ * (see channel_put); smaller ones stay in cache wherever they are. */
+#define REWIND_MIN_BYTES (64 * 1024)
+
 /* Even a non-blocking call waits this long for a lock: a peer holds it only
  * while copying, so "locked" must not be reported as "full" or "empty". */
 #define NOWAIT_LOCK_NS 50000000LL
@@ -355,7 +359,11 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
 
         uint64_t t = atomic_load_explicit(&h->tail, memory_order_relaxed);
         uint64_t hd = self->cached_head;
-        if (t - hd > self->capacity || self->capacity - (t - hd) < need) {
+        uint64_t at = t % self->capacity;
+        int may_rewind = need >= REWIND_MIN_BYTES && at >= need &&
+                         self->capacity - at - SS_RECORD_HEADER <= UINT32_MAX;
+        if (t - hd > self->capacity || self->capacity - (t - hd) < need ||
+            (may_rewind && hd != t)) {
             hd = atomic_load_explicit(&h->head, memory_order_acquire);
             self->cached_head = hd;
         }
@@ -367,6 +375,16 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
         if (self->capacity - (t - hd) >= need) {
             char *ring = ring_of(h);
             uint64_t pos = t;
+            if (may_rewind && hd == t) {
+                /* The ring is empty and a large record would start deep in
+                 * it: pad to the end so that it starts at offset 0 instead.
+                 * Large messages then cycle through the first few MiB of the
+                 * ring, which stay in cache, whatever its capacity. */
+                uint64_t pad = self->capacity - at;
+                uint32_t ph[2] = {(uint32_t)(pad - SS_RECORD_HEADER), SS_KIND_PAD};
+                ring_write(self, seg, ring, pos, ph, sizeof ph);
+                pos += pad;
+            }
             for (Py_ssize_t r = 0; r < nrec; r++) {
                 uint64_t len = 0;
                 for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
@@ -457,6 +475,10 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
             req->err_b = t - hd;
             break;
         }
+        if (kind == SS_KIND_PAD) {
+            hd += rec; /* padding, not a message: skip it */
+            continue;
+        }
         /* Only objects the garbage collector does not track are created
          * here (bytes, bytearray, small ints, list growth), so no collection
          * and no finalizer can run while the lock is held. */
@@ -518,6 +540,12 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
         }
         hd += rec;
         taken++;
+    }
+    if (taken == 0 && req->err == TAKE_OK && hd != atomic_load_explicit(&h->head,
+                                                                       memory_order_relaxed)) {
+        /* Only padding was found: consume it, so that the next look does not
+         * walk it again. */
+        atomic_store_explicit(&h->head, hd, memory_order_release);
     }
     if (taken > 0) {
         /* A batch that already holds good messages delivers exactly them; a

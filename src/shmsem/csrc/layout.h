@@ -21,6 +21,7 @@
 
 /* Record kinds (low 8 bits of a Channel record's flags word). */
 enum {
+    SS_KIND_PAD = 0,         /* no message: consumers skip it (see channel_put) */
     SS_KIND_BYTES = 1,       /* raw bytes: put_bytes */
     SS_KIND_PICKLE = 2,      /* a pickle, protocol 5, no out-of-band buffers */
     SS_KIND_PICKLE_OOB = 3,  /* a pickle with out-of-band buffers (see channel.py) */
