@@ -439,6 +439,7 @@ typedef struct {
     Py_ssize_t nbytes;       /* TAKE_INTO: bytes copied */
     int err;                 /* TAKE_ERR_* */
     uint64_t err_a, err_b;
+    int freed;               /* padding was consumed: room was freed */
 } take_req;
 
 /* Returns the number of messages taken (>= 1), 0 when empty, -1 with
@@ -476,7 +477,12 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
             break;
         }
         if (kind == SS_KIND_PAD) {
-            hd += rec; /* padding, not a message: skip it */
+            /* Padding, not a message.  Release its room at once: it may span
+             * most of the ring, and a producer waiting for that room must not
+             * wait until we have copied the record behind it as well. */
+            hd += rec;
+            atomic_store_explicit(&h->head, hd, memory_order_release);
+            req->freed = 1;
             continue;
         }
         /* Only objects the garbage collector does not track are created
@@ -541,12 +547,6 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
         hd += rec;
         taken++;
     }
-    if (taken == 0 && req->err == TAKE_OK && hd != atomic_load_explicit(&h->head,
-                                                                       memory_order_relaxed)) {
-        /* Only padding was found: consume it, so that the next look does not
-         * walk it again. */
-        atomic_store_explicit(&h->head, hd, memory_order_release);
-    }
     if (taken > 0) {
         /* A batch that already holds good messages delivers exactly them; a
          * failing record stays for the next call, which reports it. */
@@ -606,7 +606,7 @@ channel_take(ChannelObject *self, take_req *req, int blocking, const ss_deadline
         }
         Py_ssize_t n = channel_take_locked(self, seg, h, req);
         ss_plock_release(&h->cons_lock);
-        if (n > 0)
+        if (n > 0 || req->freed)
             ss_wake_waiters(&h->space_event, &h->producers_waiting);
         if (n < 0)
             raise_take_error(self, seg, req);
