@@ -45,14 +45,6 @@ def shmsem_exe() -> list[str]:
     return [sys.executable, "-m", "shmsem"]
 
 
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
@@ -64,10 +56,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_quick_run_writes_json_and_png(tmp_path: Path) -> None:
     out_json = tmp_path / "out.json"
     out_png = tmp_path / "out.png"
-    args = ["bench", "--quick", "--json", str(out_json)]
-    plot = have_matplotlib()
-    if plot:
-        args += ["--plot", str(out_png)]
+    args = ["bench", "--quick", "--json", str(out_json), "--plot", str(out_png)]
     r = subprocess.run(shmsem_exe() + args, capture_output=True, timeout=QUICK_TIMEOUT, check=False,
                        cwd=tmp_path)
     err = r.stderr.decode(errors="replace")
@@ -108,13 +97,12 @@ def test_quick_run_writes_json_and_png(tmp_path: Path) -> None:
     for name in res["missing_peers"]:
         assert name in out or name in err
 
-    if plot:
-        width, height = png_size(out_png)
-        assert width > 0 and height > 0
-        import matplotlib.image
+    width, height = png_size(out_png)
+    assert width > 0 and height > 0
+    import matplotlib.image  # in the test extras: the PNG is always checked
 
-        img = matplotlib.image.imread(str(out_png))
-        assert img.shape[0] == height and img.shape[1] == width
+    img = matplotlib.image.imread(str(out_png))
+    assert img.shape[0] == height and img.shape[1] == width
 
 
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path: Path) -> None:
