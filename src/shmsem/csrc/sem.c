@@ -75,7 +75,8 @@ error:
     return -1;
 }
 
-#define SKIP_PROBE_AFTER_MISS 8
+#define SKIP_PROBE_MIN 8
+#define SKIP_PROBE_MAX 1024
 
 /* ------------------------------------------------------------------------ */
 /* Sem: one member of a set, with acquire/release in C so that the
@@ -224,16 +225,25 @@ sem_acquire(SemObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     struct sembuf op_nowait = {self->num, -1, (short)(flg | IPC_NOWAIT)};
     /* The IPC_NOWAIT probe saves a GIL round trip when the semaphore is free,
      * but is a wasted syscall when it is not.  After a probe finds it taken,
-     * the next few blocking acquires on this handle wait at once (as in a
-     * ping-pong, where every acquire waits). */
+     * the next blocking acquires on this handle wait at once, for a stretch
+     * that doubles while probes keep failing (a ping-pong, where every
+     * acquire waits) and resets when one succeeds. */
     int probe = !blocking || self->skip_probe == 0;
     int probe_failed;
     if (!probe)
         self->skip_probe--;
     int r = ss_semop_ex(self->state, self->semid, &op, &op_nowait, 1, blocking, probe, &dl,
                         self->key, &probe_failed);
-    if (probe_failed && blocking)
-        self->skip_probe = SKIP_PROBE_AFTER_MISS;
+    if (probe && blocking) {
+        if (probe_failed) {
+            self->skip_len = self->skip_len == 0 ? SKIP_PROBE_MIN
+                             : self->skip_len >= SKIP_PROBE_MAX ? SKIP_PROBE_MAX
+                                                                : 2 * self->skip_len;
+            self->skip_probe = self->skip_len;
+        } else {
+            self->skip_len = 0;
+        }
+    }
     if (r < 0)
         return NULL;
     if (r == 1 && self->is_lock) {

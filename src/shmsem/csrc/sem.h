@@ -14,6 +14,7 @@ typedef struct {
     int held;
     pid_t held_pid;
     int skip_probe;        /* acquires left that go straight to the blocking wait */
+    int skip_len;          /* how many to skip after the next failed probe */
     PyObject *key;         /* for error messages only */
     PyObject *weakreflist;
 } SemObject;
