@@ -299,3 +299,25 @@ def nobody(child: Callable[..., Child], as_root: None) -> Callable[[str], Child]
         return child(code, user=NOBODY)
 
     return start
+
+
+# ---------------------------------------------------------------------------
+# Figures for docs/reliability.md
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``reliability(**figures)`` records what an attack test did and saw
+    (kills, inputs, messages, losses, ...).  With SHMSEM_RELIABILITY_REPORT set
+    to a path, each call appends one JSON line there: docs/reliability.md is
+    written from such a run.  Without it, nothing is written."""
+    import json
+
+    path = os.environ.get("SHMSEM_RELIABILITY_REPORT")
+
+    def record(**figures: object) -> None:
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"test": request.node.nodeid, **figures}) + "\n")
+
+    return record
