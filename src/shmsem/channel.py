@@ -21,12 +21,12 @@ import dataclasses
 import pickle
 import queue
 import struct
-import time
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Union
 
 from . import _core
-from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg
-from .errors import ClosedError, ExistsError, FormatError, NotFoundError, RemovedError, format_key
+from ._policy import check_mode_arg
+from ._segment_object import SegmentObject
+from .errors import FormatError
 from .keys import Key, normalize_key
 from .shm import SharedMemory
 
@@ -34,8 +34,6 @@ __all__ = ["Channel", "ChannelStats"]
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
-#: How long opening waits for a creator to finish writing the header.
-READY_WAIT = 0.1
 #: The smallest ring accepted (bytes).
 MIN_CAPACITY = 64
 #: Longest single wait of an asyncio helper thread, so cancellation frees it soon.
@@ -150,7 +148,7 @@ def _decode(kind: int, payload: Union[bytes, bytearray]) -> Any:
     return pickle.loads(body, buffers=buffers)
 
 
-class Channel(_core.ChannelBase):
+class Channel(SegmentObject, _core.ChannelBase):
     """A FIFO queue of messages between processes, in one segment.
 
     * ``Channel(key, capacity)`` creates the channel or opens it (an existing
@@ -168,32 +166,14 @@ class Channel(_core.ChannelBase):
     (``owner``), removes it; ``with`` calls close().
     """
 
-    _shm: Optional[SharedMemory] = None
-    key: int = 0
-    id: int = -1
-    created: bool = False
-
     def __init__(
         self, key: Key, capacity: int, *, mode: int = 0o600, trust: bool = False
     ) -> None:
         nkey = normalize_key(key)
         cap = _check_capacity(capacity)
         check_mode_arg(mode)
-        size = _core.CHANNEL_HEADER_SIZE + cap
-        for _ in range(CREATE_OR_OPEN_ATTEMPTS):
-            try:
-                shm = SharedMemory.create(nkey, size, mode=mode)
-            except ExistsError:
-                try:
-                    shm = SharedMemory.open(nkey, mode=mode, trust=trust)
-                except (NotFoundError, RemovedError):
-                    continue
-            self._setup(shm)
-            return
-        raise ExistsError(
-            f"channel key={format_key(nkey)} kept appearing and disappearing while being "
-            "opened; another process is racing on this key", key=nkey,
-        )
+        shm = self._create_or_open_segment(nkey, _core.CHANNEL_HEADER_SIZE + cap, mode, trust)
+        self._setup(shm)
 
     @classmethod
     def create(cls, key: Key, capacity: int, *, mode: int = 0o600) -> "Channel":
@@ -221,27 +201,6 @@ class Channel(_core.ChannelBase):
         self = cls.__new__(cls)
         self._setup(shm)
         return self
-
-    def _setup(self, shm: SharedMemory) -> None:
-        try:
-            seg = shm._attached()
-            if not self._attach(seg, shm.created):
-                deadline = time.monotonic() + READY_WAIT
-                while not self._attach(seg, False):
-                    if time.monotonic() > deadline:
-                        raise FormatError(
-                            f"segment key={format_key(shm.key)} id={shm.id} has no Channel "
-                            "header (its creator did not initialise it)",
-                            key=shm.key, id=shm.id,
-                        )
-                    time.sleep(0.001)
-        except BaseException:
-            shm.close()
-            raise
-        self._shm = shm
-        self.key = shm.key
-        self.id = shm.id
-        self.created = shm.created
 
     # -- objects -------------------------------------------------------------
 
@@ -318,7 +277,7 @@ class Channel(_core.ChannelBase):
                 raise queue.Full
             await loop.run_in_executor(None, self._wait_writable, nbytes, wait)
 
-    # -- state and lifetime --------------------------------------------------
+    # -- state ---------------------------------------------------------------
 
     def stats(self) -> ChannelStats:
         """A snapshot of the header counters."""
@@ -331,44 +290,3 @@ class Channel(_core.ChannelBase):
             producer_lock_pid=s["producer_lock_pid"], consumer_lock_pid=s["consumer_lock_pid"],
             recoveries=s["recoveries"],
         )
-
-    @property
-    def owner(self) -> bool:
-        """True when this handle created the segment: close() then removes it."""
-        return self._shm is not None and self._shm.owner
-
-    @owner.setter
-    def owner(self, value: bool) -> None:
-        if self._shm is not None:
-            self._shm.owner = value
-
-    @property
-    def closed(self) -> bool:
-        return self._shm is None or self._shm.closed
-
-    def remove(self) -> None:
-        """Mark the segment for removal (IPC_RMID); attached processes keep
-        using it until they detach."""
-        if self._shm is not None:
-            self._shm.remove()
-
-    def close(self) -> None:
-        """Detach, and remove the segment if this handle owns it."""
-        self._detach_core()
-        if self._shm is not None:
-            self._shm.close()
-
-    def __enter__(self) -> "Channel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __reduce__(self) -> Any:
-        if self.closed:
-            raise ClosedError("cannot pickle a closed Channel")
-        return (Channel.from_id, (self.id,))
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else f"capacity={self.capacity}"
-        return f"<Channel key={format_key(self.key)} id={self.id} {state}>"

@@ -930,25 +930,35 @@ channel_put_many_bytes(ChannelObject *self, PyObject *const *args, Py_ssize_t na
     return put_from_sequence(self, a[0], 0, SS_KIND_BYTES, blocking, &dl);
 }
 
+/* _put_parts and _put_records: (kind, items, block, timeout) with kind in
+ * [BYTES, max_kind]; one record of all the items, or one record per item. */
 static PyObject *
-channel_put_parts(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
-                  PyObject *kwnames)
+put_kind_items(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               const char *fname, const char *const *names, int one_record, long max_kind)
 {
-    static const char *const names[] = {"kind", "parts", "block", "timeout", NULL};
     PyObject *a[4];
     int blocking;
     ss_deadline dl;
-    if (ss_parse_args("_put_parts", args, nargs, kwnames, names, 2, a) < 0 ||
+    if (ss_parse_args(fname, args, nargs, kwnames, names, 2, a) < 0 ||
         ss_parse_block_timeout(a[2], a[3], &blocking, &dl) < 0)
         return NULL;
     long kind = PyLong_AsLong(a[0]);
     if (kind == -1 && PyErr_Occurred())
         return NULL;
-    if (kind < SS_KIND_BYTES || kind > SS_KIND_PICKLE_OOB) {
-        PyErr_Format(PyExc_ValueError, "unknown record kind %ld", kind);
+    if (kind < SS_KIND_BYTES || kind > max_kind) {
+        PyErr_Format(PyExc_ValueError, "%s: record kind %ld is not allowed", fname, kind);
         return NULL;
     }
-    return put_from_sequence(self, a[1], 1, (int)kind, blocking, &dl);
+    return put_from_sequence(self, a[1], one_record, (int)kind, blocking, &dl);
+}
+
+static PyObject *
+channel_put_parts(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    static const char *const names[] = {"kind", "parts", "block", "timeout", NULL};
+    return put_kind_items(self, args, nargs, kwnames, "_put_parts", names, 1,
+                          SS_KIND_PICKLE_OOB);
 }
 
 static PyObject *
@@ -956,20 +966,8 @@ channel_put_records(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs
                     PyObject *kwnames)
 {
     static const char *const names[] = {"kind", "items", "block", "timeout", NULL};
-    PyObject *a[4];
-    int blocking;
-    ss_deadline dl;
-    if (ss_parse_args("_put_records", args, nargs, kwnames, names, 2, a) < 0 ||
-        ss_parse_block_timeout(a[2], a[3], &blocking, &dl) < 0)
-        return NULL;
-    long kind = PyLong_AsLong(a[0]);
-    if (kind == -1 && PyErr_Occurred())
-        return NULL;
-    if (kind < SS_KIND_BYTES || kind > SS_KIND_PICKLE) {
-        PyErr_Format(PyExc_ValueError, "record kind %ld cannot be batched", kind);
-        return NULL;
-    }
-    return put_from_sequence(self, a[1], 0, (int)kind, blocking, &dl);
+    /* Out-of-band records need their parts joined: one at a time only. */
+    return put_kind_items(self, args, nargs, kwnames, "_put_records", names, 0, SS_KIND_PICKLE);
 }
 
 /* ---- waiting without consuming (asyncio) -------------------------------- */
