@@ -322,10 +322,8 @@ def lock_identity_after_fork(how: str) -> None:
         obj.publish(b"parent")
         recoveries = obj.stats()["recoveries"]
     elif "consumer" in how:
-        try:
-            while True:
-                obj.get_bytes(timeout=0.5)
-        except queue.Empty:
+        obj.put_bytes(b"parent", timeout=WAIT)  # at least one message to get
+        while obj.get_bytes(timeout=WAIT) != b"parent":
             pass
         recoveries = obj.stats().recoveries
     else:

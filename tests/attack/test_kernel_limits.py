@@ -65,7 +65,9 @@ def sysctl(name: str, value: str) -> None:
 
 
 def objects() -> dict[str, list[str]]:
-    return {k: sorted(pathlib.Path("/proc/sysvipc", k).read_text().splitlines()[1:])
+    """(key id) of every object, by kind: what exists, not what it holds."""
+    return {k: sorted(" ".join(line.split()[:2])
+                      for line in pathlib.Path("/proc/sysvipc", k).read_text().splitlines()[1:])
             for k in ("shm", "sem", "msg")}
 
 
