@@ -168,15 +168,6 @@ def exit_code(status: int) -> int:
 # System V objects as /proc/sysvipc shows them
 
 
-def sysv_objects() -> dict[str, list[tuple[int, int]]]:
-    """(key, id) of every segment, semaphore set and queue in this IPC namespace."""
-    out: dict[str, list[tuple[int, int]]] = {}
-    for kind in ("shm", "sem", "msg"):
-        rows = Path("/proc/sysvipc", kind).read_text().splitlines()[1:]
-        out[kind] = sorted((int(r.split()[0]), int(r.split()[1])) for r in rows)
-    return out
-
-
 def shm_row(shmid: int) -> dict[str, int] | None:
     """The /proc/sysvipc/shm row of a segment: key, nattch, perms (None if gone)."""
     for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]:
