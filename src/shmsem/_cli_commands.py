@@ -570,8 +570,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
             continue
         extra = ""
         if o.type == "shm" and o.nattch:
-            extra = (f" (still attached by {plural(o.nattch, 'process', 'processes')}: "
-                     "its memory is freed when they detach)")
+            extra = (f" (still attached {plural(o.nattch, 'time', 'times')}: "
+                     "its memory is freed at the last detach)")
         print(f"removed {o.describe()}{extra}")
     return 1 if failed else 0
 

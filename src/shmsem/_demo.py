@@ -9,6 +9,7 @@ with IPC_PRIVATE and removed at the end, even on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -56,10 +57,15 @@ def run(out: TextIO, rounds: int = ROUNDS, stream: int = STREAM) -> int:
     say(f"shmsem demo: this process is pid {os.getpid()}\n")
 
     # -- part 1: frames guarded by semaphores, as the .NET helper does -------
-    shm = SharedMemory.create(None, 4096)
-    req = Semaphore.create(None, 0)
-    rep = Semaphore.create(None, 0)
-    try:
+    # Each object is registered for removal as soon as it exists, so that a
+    # later creation failing (a kernel limit) leaves nothing behind.
+    with contextlib.ExitStack() as cleanup:
+        shm = SharedMemory.create(None, 4096)
+        cleanup.callback(shm.close)
+        req = Semaphore.create(None, 0)
+        cleanup.callback(req.remove)
+        rep = Semaphore.create(None, 0)
+        cleanup.callback(rep.remove)
         say(f"1. A 4 KiB segment (id {shm.id}) and two semaphores (ids {req.id}, {rep.id}),")
         say("   exchanging .NET-format frames: int32 length, then UTF-8 text.")
         peer = ctx.Process(target=_echo_frames, args=(shm.id, req.id, rep.id, rounds))
@@ -82,15 +88,13 @@ def run(out: TextIO, rounds: int = ROUNDS, stream: int = STREAM) -> int:
         peer.join(10)
         say(f"   {rounds - 1} more round trips, every reply checked: "
             f"{elapsed / (rounds - 1) * 1e6:.1f} us per round trip.\n")
-    finally:
-        shm.close()
-        req.remove()
-        rep.remove()
 
     # -- part 2: a Channel ---------------------------------------------------
-    ch = Channel.create(None, 1 << 20)
-    box = Mailbox.create(None, 256)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        ch = Channel.create(None, 1 << 20)
+        cleanup.callback(ch.close)
+        box = Mailbox.create(None, 256)
+        cleanup.callback(box.close)
         say(f"2. A Channel (segment id {ch.id}, 1 MiB ring): one producer, one consumer,")
         say(f"   which reports back through a Mailbox (segment id {box.id}).")
         consumer = ctx.Process(target=_drain_channel, args=(ch.id, box.id, stream))
@@ -109,9 +113,6 @@ def run(out: TextIO, rounds: int = ROUNDS, stream: int = STREAM) -> int:
         say(f"   Consumer pid {report['pid']} received {report['received']} messages "
             f"({report['bytes']} bytes) in {elapsed:.2f} s:")
         say(f"   {stream / elapsed / 1e6:.2f} million 64-byte messages per second.\n")
-    finally:
-        ch.close()
-        box.close()
 
     say("Everything created was removed. See 'shmsem --help' for the other commands.")
     return 0

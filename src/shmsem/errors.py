@@ -146,6 +146,8 @@ _LIMIT_HINTS: dict[tuple[str, int], str] = {
     ("msgget", _errno.ENOSPC): "the system is out of message queues; raise kernel.msgmni",
     ("msgsnd", _errno.ENOMEM): "the kernel could not allocate the message; "
     "lower the message size or raise kernel.msgmax",
+    ("shmat", _errno.ENOMEM): "no room in this process's address space for the segment; "
+    "raise the address-space limit (ulimit -v, RLIMIT_AS) or attach a smaller segment",
 }
 
 _PHRASES = {

@@ -335,11 +335,7 @@ class Semaphore(_core.SemBase):
         self._bind(semid, num, key, False)
         return self
 
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    # __enter__ and __exit__ come from the C base: see sem.c for why.
 
     @property
     def value(self) -> int:
@@ -435,11 +431,7 @@ class Lock(_core.SemBase):
         """Whether some process holds the lock."""
         return int(_core.semctl(self.id, 0, _core.GETVAL, 0, self.key)) == 0
 
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    # __enter__ and __exit__ come from the C base: see sem.c for why.
 
     def remove(self) -> None:
         """Remove the lock's set (IPC_RMID).  Waiters get RemovedError."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -78,8 +79,9 @@ class SharedMemory:
 
     Lifetime: ``detach()`` unmaps; ``remove()`` marks the segment for removal
     (IPC_RMID); ``close()`` detaches and, if ``owner`` is set, removes.  Only
-    the handle that created the segment starts as its owner.  Garbage
-    collection only detaches: it never removes.
+    the handle that created the segment starts as its owner, and only in the
+    process that created it: a forked child never removes it by accident.
+    Garbage collection only detaches: it never removes.
     """
 
     # Class-level defaults let close() and __repr__ work on a half-built object.
@@ -87,7 +89,7 @@ class SharedMemory:
     key: int = IPC_PRIVATE
     id: int = -1
     created: bool = False
-    owner: bool = False
+    _owner_pid: int = 0  # the process that owns the segment through this handle
 
     # -- construction ------------------------------------------------------
 
@@ -185,6 +187,17 @@ class SharedMemory:
             raise
         self.created = created
         self.owner = created
+
+    @property
+    def owner(self) -> bool:
+        """Whether close() removes the segment: True only for the handle that
+        created it, and only in the process that set it (a forked child that
+        inherits the handle does not own the segment).  It can be set."""
+        return self._owner_pid != 0 and self._owner_pid == os.getpid()
+
+    @owner.setter
+    def owner(self, value: bool) -> None:
+        self._owner_pid = os.getpid() if value else 0
 
     # -- attributes --------------------------------------------------------
 

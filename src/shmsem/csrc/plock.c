@@ -33,6 +33,10 @@
 static uint64_t self_ident;
 static pid_t self_pid;
 static uint32_t self_ns_tag;
+/* Locks held by threads of this process.  An
+ * owner word equal to our own identity while we hold none belongs to this
+ * process's image before an exec (same pid, same start time). */
+static _Atomic long held_by_us;
 
 /* Read state and start time from /proc/<pid>/stat.  Returns 0, or -1 if the
  * file cannot be read (no such process, or /proc hidden). */
@@ -102,6 +106,7 @@ static void
 after_fork_child(void)
 {
     refresh_identity();
+    atomic_store_explicit(&held_by_us, 0, memory_order_relaxed); /* fork happens from Python code, never inside a lock */
 }
 
 static pthread_once_t identity_once = PTHREAD_ONCE_INIT;
@@ -150,8 +155,8 @@ ss_pid_alive(uint64_t ident)
     ss_self_ident();
     if (tag != 0 && tag != self_ns_tag)
         return 1;               /* another PID namespace: cannot judge, assume alive */
-    if (pid == self_pid)
-        return ident == self_ident; /* we, or a dead predecessor with our pid */
+    if (pid == self_pid) /* another thread of ours, or a dead predecessor with our pid */
+        return ident == self_ident && atomic_load_explicit(&held_by_us, memory_order_relaxed) > 0;
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return 0;
     char state;
@@ -169,14 +174,17 @@ int
 ss_plock_try(ss_plock *lk)
 {
     uint64_t expected = 0;
-    if (atomic_compare_exchange_strong(&lk->owner, &expected, ss_self_ident()))
+    if (atomic_compare_exchange_strong(&lk->owner, &expected, ss_self_ident())) {
+        atomic_fetch_add_explicit(&held_by_us, 1, memory_order_relaxed);
         return SS_LOCK_OK;
+    }
     return SS_LOCK_TIMEOUT;
 }
 
 void
 ss_plock_release(ss_plock *lk)
 {
+    atomic_fetch_sub_explicit(&held_by_us, 1, memory_order_relaxed);
     atomic_exchange(&lk->owner, 0);
     atomic_fetch_add(&lk->seq, 1);
     if (atomic_load(&lk->waiting) && atomic_exchange(&lk->waiting, 0))
@@ -246,5 +254,7 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
         ts = PyEval_SaveThread();
     }
     PyEval_RestoreThread(ts);
+    if (result == SS_LOCK_OK || result == SS_LOCK_RECOVERED)
+        atomic_fetch_add_explicit(&held_by_us, 1, memory_order_relaxed);
     return result;
 }

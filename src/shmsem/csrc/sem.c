@@ -302,6 +302,26 @@ sem_release(SemObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* __enter__ and __exit__ in C, as threading.Lock has them: with Python-level
+ * ones, a signal handler (KeyboardInterrupt) could run between the acquire
+ * and the start of the with block, or at the start of __exit__, and leave
+ * the semaphore taken with nobody inside. */
+static PyObject *
+sem_enter(SemObject *self, PyObject *unused)
+{
+    return sem_acquire(self, NULL, 0, NULL);
+}
+
+static PyObject *
+sem_exit(SemObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *r = sem_release(self, NULL, 0);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
 static PyObject *
 sem_get_id(SemObject *self, void *closure)
 {
@@ -342,6 +362,10 @@ static PyMethodDef sem_methods[] = {
     {"release", (PyCFunction)(void (*)(void))sem_release, METH_FASTCALL,
      "release($self, n=1, /)\n--\n\nIncrement the semaphore by n (never blocks).\n"
      "Raises ValueError when the value would exceed SEMVMX."},
+    {"__enter__", (PyCFunction)sem_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nacquire(), waiting as long as it takes."},
+    {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL,
+     "__exit__($self, /, *exc_info)\n--\n\nrelease()."},
     {"_bind", (PyCFunction)(void (*)(void))sem_bind, METH_VARARGS | METH_KEYWORDS,
      "_bind($self, semid, num=0, key=None, undo=False, lock=False)\n--\n\n"
      "Point this handle at member num of set semid."},
