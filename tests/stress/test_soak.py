@@ -17,28 +17,40 @@ What it checks, and why the bounds are what they are:
   the end of each of WINDOWS windows (free for the workers), with the CPU
   time the eight workers used (/proc/<pid>/stat) and the time our CPUs sat
   idle (/proc/stat).  The last third's median must be at least FLAT_FACTOR
-  (0.5) of the first third's, for messages per *available* CPU-second:
+  (0.35) of the first third's, for messages per *available* CPU-second:
   workers' CPU plus idle CPU.  This is a check against leaks and slowdowns (a
   ring, lock or counter that degrades with use), not a speed target.  Why
   this measure: this 2-CPU machine is shared with other heavy test runs,
   which can take half of our CPU at any moment without anything being wrong
-  with us; the CPU they take is neither ours nor idle, so it drops out.  A
-  slowdown of ours still shows, whether it burns CPU (more CPU per message)
-  or sleeps (a lost wake-up: the CPU goes idle and still counts).  Medians of
-  three windows ignore one disturbed window, and 0.5 leaves room for the
-  10-20 % swings seen between windows of a quiet run.  Messages per
-  wall-clock second are recorded, not checked.
+  with us; the CPU they take is neither ours nor idle, so it drops out (seen:
+  worker CPU between 1.0 and 2.0 from window to window, this measure within
+  +-15 %).  A slowdown of ours still shows, whether it burns CPU (more CPU
+  per message) or sleeps (a lost wake-up: the CPU goes idle and still
+  counts).  Why 0.35 rather than 0.5: on this machine a run settles in one
+  of two steady states, about 140k and about 330k messages per available
+  CPU-second (the slow one with the ring nearly full and a third of the CPU
+  in the kernel); a run that moved from one to the other would measure 0.42
+  without anything degrading.  A real degradation lands far lower: the
+  injected ones (SHMSEM_SOAK_INJECT=sleep, spin; see below) measure 0.02-0.06.
+  Medians of three windows ignore one disturbed window.  Messages per
+  wall-clock second and the ring's fill are recorded, not checked.
 * Memory stays flat.  VmRSS of every worker is sampled at every window
   boundary; from the end of the first window to the end it may grow by at
   most RSS_GROWTH (8 MiB).  The first window is excluded because it holds
   the warm-up: pymalloc arenas filling, the first large messages moving
   glibc's mmap threshold so later ones come from the heap, lazily imported
-  modules.  8 MiB is generous against that noise (a few hundred KiB are seen)
-  and still catches a per-message leak of 8 MiB / messages per process (about
-  30 bytes in the 180 s form; the short form only catches gross leaks: the
-  C-level leak hunt is tests/test_core_leaks.py).
+  modules.  8 MiB is generous against that noise (under 0.5 MiB is seen
+  after the first window) and still catches a leak of 8 MiB / messages per
+  process: each worker handles ~9M messages in the 180 s form and 1-3M in
+  the 20 s one, so about 1 and 3-7 bytes a message, i.e. any object leaked
+  per message, or per few dozen on a rarer path (the exhaustive C-level hunt
+  is tests/test_core_leaks.py).
 * Clean shutdown: every worker exits 0 after its stop message, and the
   segment is gone afterwards.
+
+Each check can fail: SHMSEM_SOAK_INJECT=drop, dup, leak, sleep or spin
+(helpers_soak.py) plants a lost message, a duplicate, a leak of 200 bytes a
+message, or a slowdown, and the matching assertion fails.
 
 Every wait is bounded: a global HARD deadline (duration + 60 s + 50 %) after
 which everything is killed; workers also check it on every blocking call
@@ -68,7 +80,7 @@ pytestmark = pytest.mark.stress
 PRODUCERS = 4
 CONSUMERS = 4
 WINDOWS = 10
-FLAT_FACTOR = 0.5
+FLAT_FACTOR = 0.35
 RSS_GROWTH = 8 << 20
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -166,7 +178,7 @@ def test_soak_channel_4x4(
 
         # Go.  Producers stop putting at ``end``; the parent samples windows.
         t0 = time.monotonic()
-        end = t0 + duration + 0.5  # after the last sample: producers are still alive then
+        end = t0 + duration + 2.0  # after the last sample: every worker is still alive then
         for _, w in workers:
             w.send(f"go {end!r}")
         pids = {name: w.pid for name, w in workers}
@@ -175,10 +187,17 @@ def test_soak_channel_4x4(
         idle = [idle_seconds()]
         taken = [ch.stats().get_count]
         stamps = [t0]
+        fill: list[float] = []  # the ring's use at each sample: which side waits
         for k in range(1, WINDOWS + 1):
             time.sleep(max(t0 + k * window - time.monotonic(), 0))
             stamps.append(time.monotonic())
-            taken.append(ch.stats().get_count)
+            for name, w in workers:
+                if w.proc.poll() is not None:
+                    rc, out, err = w.finish(timeout=5)
+                    pytest.fail(f"{name} exited early (rc={rc}): {out[-500:]} {err[-2000:]}")
+            st = ch.stats()
+            taken.append(st.get_count)
+            fill.append(round(st.used / st.capacity, 2))
             cpu.append(sum(cpu_seconds(pid) for pid in pids.values()))
             idle.append(idle_seconds())
             for name, pid in pids.items():
@@ -226,6 +245,7 @@ def test_soak_channel_4x4(
         messages_per_available_cpu_second=[round(r) for r in per_cpu],
         worker_cpu_share=[round(c / s, 2) for c, s in zip(cpus, secs)],
         idle_cpu_share=[round(i / s, 2) for i, s in zip(idles, secs)],
+        ring_fill=fill,
         rss_start_end={name: [r[1], r[-1]] for name, r in rss.items()},
         rss_first_sample={name: r[0] for name, r in rss.items()},
         lost=tally["lost"], duplicates=tally["duplicates"], phantom=tally["phantom"],
@@ -237,7 +257,7 @@ def test_soak_channel_4x4(
         f"\nsoak: {sum(sent)} messages in {duration:.0f} s ({elapsed:.0f} s in all); "
         f"msgs/s per window {[round(r) for r in rate]}; msgs per available CPU-s "
         f"{[round(r) for r in per_cpu]}; worker CPUs {[round(c / s, 2) for c, s in zip(cpus, secs)]}"
-        f"; idle CPUs {[round(i / s, 2) for i, s in zip(idles, secs)]}; RSS MiB (2nd sample -> end) "
+        f"; idle CPUs {[round(i / s, 2) for i, s in zip(idles, secs)]}; ring fill {fill}; RSS MiB (2nd sample -> end) "
         + ", ".join(f"{n}: {r[1] / 2**20:.1f}->{r[-1] / 2**20:.1f}" for n, r in rss.items()),
         file=sys.stderr,
     )
