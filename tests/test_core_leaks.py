@@ -195,10 +195,21 @@ def setup():
             assert not lock.acquire(False)
             lock.release()
             expect(RuntimeError, lock.release)
+            with lock:
+                assert lock._held
+            try:
+                with lock:
+                    raise KeyError(i)
+            except KeyError:
+                pass
+            assert not lock._held
             undo = _core.SemBase()
             undo._bind(semid, 0, None, True, False)
             undo.release()
             assert undo.acquire(True, 1.0)
+            undo.release()
+            with undo:
+                pass
         finally:
             _core.semctl(semid, 0, _core.IPC_RMID)
         expect(RemovedError, lock.acquire, False)
