@@ -131,8 +131,8 @@ class LimitError(ShmsemError, OSError):
 _ON_EXISTING_ID = ("shmat", "shmctl", "semop", "semctl", "msgsnd", "msgrcv", "msgctl")
 
 _LIMIT_HINTS: dict[tuple[str, int], str] = {
-    ("shmget", _errno.EINVAL): "the size is outside what the kernel allows; "
-    "raise kernel.shmmax (sysctl -w kernel.shmmax=BYTES)",
+    ("shmget", _errno.EINVAL): "the size is outside what the kernel allows: at least 1 byte, "
+    "at most kernel.shmmax (raise it with sysctl -w kernel.shmmax=BYTES)",
     ("shmget", _errno.ENOSPC): "the system is out of shared memory segments or pages; "
     "raise kernel.shmmni (count) or kernel.shmall (total pages), or run 'shmsem gc'",
     ("shmget", _errno.ENOMEM): "not enough memory for the segment; "
@@ -203,6 +203,8 @@ def from_errno(
             f"{ctx}: {os.strerror(err)} [{code}]: {hint}{tail}",
             syscall=syscall, key=key, id=id, errno=err,
         )
+    if base == "semop" and err == _errno.EFBIG:
+        return ValueError(f"{ctx}: a semaphore index is beyond the end of the set [{code}]{tail}")
     if err == _errno.ERANGE:
         return ValueError(
             f"{ctx}: a semaphore value would leave [0, SEMVMX=32767] [{code}]{tail}"

@@ -76,14 +76,14 @@ mailbox_publish(MailboxObject *self, PyObject *data)
         return NULL;
     PyObject *result = NULL;
     SegmentObject *seg = NULL;
+    ss_mailbox_header *h = mailbox_enter(self, &seg);
+    if (h == NULL)
+        goto done;
     if ((uint64_t)view.len > self->capacity) {
         PyErr_Format(PyExc_ValueError, "value of %zd bytes exceeds the mailbox capacity of %llu",
                      view.len, (unsigned long long)self->capacity);
         goto done;
     }
-    ss_mailbox_header *h = mailbox_enter(self, &seg);
-    if (h == NULL)
-        goto done;
     if (ss_plock_try(&h->writer_lock) != SS_LOCK_OK) {
         ss_deadline forever = {1, 0};
         int r = ss_plock_acquire(&h->writer_lock, &forever, seg);
