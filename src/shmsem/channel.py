@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import pickle
 import queue
 import struct
@@ -79,12 +80,19 @@ def _check_capacity(capacity: int) -> int:
 
 
 def _check_timeout(timeout: Optional[float]) -> Optional[float]:
+    """Seconds to wait, or None for forever; the same rules as the C core."""
     if timeout is None:
         return None
-    t = float(timeout)
+    if isinstance(timeout, (bool, str, bytes, bytearray)):
+        raise TypeError(f"timeout must be a number of seconds or None, "
+                        f"not {type(timeout).__name__}")
+    try:
+        t = float(timeout)
+    except OverflowError:  # an int beyond float range
+        t = math.inf if timeout > 0 else -1.0
     if t != t or t < 0:
         raise ValueError("timeout must be a non-negative number or None")
-    return t
+    return None if t > 1e9 else t  # beyond ~30 years is forever
 
 
 def _align(n: int) -> int:

@@ -12,12 +12,13 @@ marked until their first semop, and must open at once.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import time
 from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg, check_trusted
-from .errors import ExistsError, NotFoundError, RemovedError, format_key
+from .errors import ExistsError, NotFoundError, RemovedError, format_key, from_errno
 from .keys import IPC_PRIVATE, Key, normalize_key
 
 __all__ = ["SemaphoreSet", "Semaphore", "Lock", "SemaphoreSetStat", "SEMVMX"]
@@ -55,11 +56,22 @@ def _set_stat(semid: int, known_key: Optional[int] = None) -> SemaphoreSetStat:
     )
 
 
+def _semmsl() -> int:
+    """The kernel's most members per set (1st field of kernel.sem)."""
+    try:
+        with open("/proc/sys/kernel/sem") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32000  # the kernel's default; semget itself has the last word
+
+
 def _check_values(count: int, values: Optional[Sequence[int]], default: int) -> list[int]:
     if not isinstance(count, int) or isinstance(count, bool):
         raise TypeError(f"count must be an int, not {type(count).__name__}")
     if count < 1:
         raise ValueError(f"a semaphore set needs at least 1 member, not {count}")
+    if count > _semmsl():  # before building a list of that length
+        raise from_errno(errno.EINVAL, "semget", detail=f"a set of {count} members")
     vals = [default] * count if values is None else list(values)
     if len(vals) != count:
         raise ValueError(f"{len(vals)} values given for a set of {count}")

@@ -260,6 +260,11 @@ class SharedMemory:
 
         if offset < 0:
             raise ValueError(f"offset must be non-negative, not {offset}")
+        # An object dtype would read PyObject pointers out of shared memory,
+        # and any bytes a peer wrote there would be dereferenced.
+        if numpy.dtype(dtype).hasobject:
+            raise TypeError(f"ndarray over shared memory cannot hold Python objects "
+                            f"(dtype {numpy.dtype(dtype)})")
         array: numpy.ndarray[Any, Any] = numpy.ndarray(
             shape, dtype=dtype, buffer=self.buf, offset=offset
         )

@@ -1688,10 +1688,12 @@ shm.close()
     proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
                           capture_output=True, text=True, timeout=60, env=H.child_env(),
                           cwd="/", check=False)
-    reliability(dtype=dtype, inputs=1, crashes=int(proc.returncode < 0))
-    assert proc.returncode >= 0, (
+    report = H.sanitizer_report(proc.stderr)
+    crashed = proc.returncode < 0 or report is not None
+    reliability(dtype=dtype, inputs=1, crashes=int(crashed))
+    assert not crashed, (
         f"SharedMemory.ndarray((2,), {dtype}) over a segment holding 0x41 bytes: the process "
-        f"CRASHED with signal {-proc.returncode} when it touched an item\n{proc.stdout}"
-        f"{proc.stderr[-1500:]}")
+        f"CRASHED (rc={proc.returncode}) when it touched an item\n{proc.stdout}"
+        f"{(report or proc.stderr)[-1500:]}")
     assert proc.stdout.startswith("refused"), (
         f"ndarray accepted dtype {dtype}: {proc.stdout}{proc.stderr[-1500:]}")

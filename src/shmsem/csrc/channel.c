@@ -783,7 +783,8 @@ parse_max_messages(PyObject *obj)
 {
     if (obj == NULL || obj == Py_None)
         return PY_SSIZE_T_MAX;
-    Py_ssize_t n = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
+    /* Clipped, not refused: "up to 10**30 messages" means all there are. */
+    Py_ssize_t n = PyNumber_AsSsize_t(obj, NULL);
     if (n == -1 && PyErr_Occurred())
         return -1;
     if (n < 1) {

@@ -758,15 +758,25 @@ ipc_msg_set(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     struct msqid_ds ds;
     if (msgctl(id, IPC_STAT, &ds) < 0)
         return ss_raise_errno(st, "msgctl(IPC_STAT)", key, id);
-    if ((size_t)qbytes > ULONG_MAX / 2) {
-        PyErr_Format(PyExc_ValueError, "max_bytes %zd is too large", qbytes);
+    /* The kernel keeps msg_qbytes in 32 bits and silently drops the rest
+     * (2**32 reads back as 0), so refuse what it cannot hold. */
+    if ((uint64_t)qbytes > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "max_bytes %zd is too large: the kernel holds at most %lu",
+                     qbytes, (unsigned long)UINT32_MAX);
         return NULL;
     }
+    int raising = (msglen_t)qbytes > ds.msg_qbytes;
     ds.msg_qbytes = (msglen_t)qbytes;
     if (mode >= 0)
         ds.msg_perm.mode = (ds.msg_perm.mode & ~0777) | (mode & 0777);
-    if (msgctl(id, IPC_SET, &ds) < 0)
+    if (msgctl(id, IPC_SET, &ds) < 0) {
+        if (errno == EPERM && raising)
+            return ss_raise(st, "os", errno, "msgctl(IPC_SET)", key, id,
+                            "raising max_bytes above kernel.msgmnb needs CAP_SYS_RESOURCE; "
+                            "raise the sysctl kernel.msgmnb instead");
         return ss_raise_errno(st, "msgctl(IPC_SET)", key, id);
+    }
     Py_RETURN_NONE;
 }
 

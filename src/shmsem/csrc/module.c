@@ -111,8 +111,21 @@ ss_parse_timeout(PyObject *timeout, ss_deadline *out)
         }
     }
     double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred())
-        return -1;
+    if (t == -1.0 && PyErr_Occurred()) {
+        /* An int beyond float range: a huge positive one means forever, a
+         * huge negative one is as wrong as -1. */
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError) || !PyLong_Check(timeout))
+            return -1;
+        PyErr_Clear();
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL)
+            return -1;
+        int negative = PyObject_RichCompareBool(timeout, zero, Py_LT);
+        Py_DECREF(zero);
+        if (negative < 0)
+            return -1;
+        t = negative ? -1.0 : INFINITY;
+    }
     if (isnan(t)) {
         PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
         return -1;

@@ -260,9 +260,12 @@ sem_release(SemObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!ss_check_nargs("release", nargs, 0, 1))
         return NULL;
     if (nargs == 1) {
-        n = PyLong_AsLong(args[0]);
+        int overflow;
+        n = PyLong_AsLongAndOverflow(args[0], &overflow);
         if (n == -1 && PyErr_Occurred())
             return NULL;
+        if (overflow)  /* refused below, as too large or as negative */
+            n = overflow > 0 ? LONG_MAX : -1;
     }
     if (sem_check_bound(self) < 0)
         return NULL;
