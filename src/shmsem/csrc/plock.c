@@ -33,10 +33,23 @@
 static uint64_t self_ident;
 static pid_t self_pid;
 static uint32_t self_ns_tag;
-/* Locks held by threads of this process.  An
- * owner word equal to our own identity while we hold none belongs to this
- * process's image before an exec (same pid, same start time). */
+/* Locks held by threads of this process, counted up *before* the CAS that
+ * takes one and down *after* the store that frees it.  An owner word equal to
+ * our own identity while this is 0 therefore belongs to this process's image
+ * before an exec (same pid, same start time), never to one of our threads
+ * between its CAS and its count. */
 static _Atomic long held_by_us;
+
+/* CAS the owner word from *expected to me, counted in held_by_us. */
+static int
+claim(ss_plock *lk, uint64_t *expected, uint64_t me)
+{
+    atomic_fetch_add(&held_by_us, 1);
+    if (atomic_compare_exchange_strong(&lk->owner, expected, me))
+        return 1;
+    atomic_fetch_sub(&held_by_us, 1);
+    return 0;
+}
 
 /* Read state and start time from /proc/<pid>/stat.  Returns 0, or -1 if the
  * file cannot be read (no such process, or /proc hidden). */
@@ -156,7 +169,7 @@ ss_pid_alive(uint64_t ident)
     if (tag != 0 && tag != self_ns_tag)
         return 1;               /* another PID namespace: cannot judge, assume alive */
     if (pid == self_pid) /* another thread of ours, or a dead predecessor with our pid */
-        return ident == self_ident && atomic_load_explicit(&held_by_us, memory_order_relaxed) > 0;
+        return ident == self_ident && atomic_load(&held_by_us) > 0;
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return 0;
     char state;
@@ -174,18 +187,14 @@ int
 ss_plock_try(ss_plock *lk)
 {
     uint64_t expected = 0;
-    if (atomic_compare_exchange_strong(&lk->owner, &expected, ss_self_ident())) {
-        atomic_fetch_add_explicit(&held_by_us, 1, memory_order_relaxed);
-        return SS_LOCK_OK;
-    }
-    return SS_LOCK_TIMEOUT;
+    return claim(lk, &expected, ss_self_ident()) ? SS_LOCK_OK : SS_LOCK_TIMEOUT;
 }
 
 void
 ss_plock_release(ss_plock *lk)
 {
-    atomic_fetch_sub_explicit(&held_by_us, 1, memory_order_relaxed);
     atomic_exchange(&lk->owner, 0);
+    atomic_fetch_sub(&held_by_us, 1);
     atomic_fetch_add(&lk->seq, 1);
     if (atomic_load(&lk->waiting) && atomic_exchange(&lk->waiting, 0))
         ss_futex_wake(&lk->seq, 1);
@@ -204,7 +213,7 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
     for (;;) {
         uint64_t cur = atomic_load(&lk->owner);
         if (cur == 0) {
-            if (atomic_compare_exchange_strong(&lk->owner, &cur, me)) {
+            if (claim(lk, &cur, me)) {
                 /* After sleeping, others may sleep too: make our unlock wake one. */
                 if (slept)
                     atomic_store(&lk->waiting, 1);
@@ -225,7 +234,7 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
             watched_since = now;
         } else if (now - watched_since >= PLOCK_SLICE_NS) {
             watched_since = now;
-            if (!ss_pid_alive(cur) && atomic_compare_exchange_strong(&lk->owner, &cur, me)) {
+            if (!ss_pid_alive(cur) && claim(lk, &cur, me)) {
                 atomic_store(&lk->waiting, 1); /* sleepers may have lost their wake-up */
                 result = SS_LOCK_RECOVERED;
                 break;
@@ -254,7 +263,5 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
         ts = PyEval_SaveThread();
     }
     PyEval_RestoreThread(ts);
-    if (result == SS_LOCK_OK || result == SS_LOCK_RECOVERED)
-        atomic_fetch_add_explicit(&held_by_us, 1, memory_order_relaxed);
     return result;
 }
