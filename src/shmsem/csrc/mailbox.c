@@ -117,10 +117,11 @@ done:
     return result;
 }
 
-/* A current cell whose counter stays odd this long is not being written by a
- * live writer of ours (writers never write the current cell): the segment is
- * corrupt or a foreign writer misbehaves. */
-#define STUCK_ODD_NS 1000000000LL
+/* Writers never write the current cell: only two publishes during a copy
+ * disturb a reader, and each publish changes state.  A retry while state has
+ * not changed for this long therefore means a corrupt segment or a foreign
+ * writer that churns the current cell's counter. */
+#define STUCK_STATE_NS 1000000000LL
 
 /* Copy the current value.  Returns (seq, bytes).  The caller is inside an
  * operation on seg. */
@@ -128,8 +129,8 @@ static PyObject *
 mailbox_read_value(MailboxObject *self, SegmentObject *seg, ss_mailbox_header *h)
 {
     PyObject *buf = NULL;
-    uint64_t odd_state = 0, odd_seq = 0;
-    int64_t odd_since = 0;
+    uint64_t retry_state = 0;
+    int64_t retry_since = 0;    /* 0: the first attempt */
     for (unsigned attempt = 0;; attempt++) {
         if (attempt >= 16) {
             /* Being overtaken: let the writer finish, and let signals in. */
@@ -142,21 +143,21 @@ mailbox_read_value(MailboxObject *self, SegmentObject *seg, ss_mailbox_header *h
                 goto fail;
         }
         uint64_t st = atomic_load_explicit(&h->state, memory_order_acquire);
-        ss_mailbox_cell *cell = cell_at(self, h, (unsigned)(st & 1));
-        uint64_t s1 = atomic_load_explicit(&cell->lock_seq, memory_order_acquire);
-        if (s1 & 1) {
+        if (attempt > 0) {
             int64_t now = ss_now_ns();
-            if (st != odd_state || s1 != odd_seq || odd_since == 0) {
-                odd_state = st;
-                odd_seq = s1;
-                odd_since = now;
-            } else if (now - odd_since > STUCK_ODD_NS) {
+            if (retry_since == 0 || st != retry_state) {
+                retry_state = st;
+                retry_since = now;
+            } else if (now - retry_since > STUCK_STATE_NS) {
                 ss_raise_format(seg, "mailbox is corrupt: the current value has been marked "
-                                     "as being written for over a second");
+                                     "as being written for over a second with no publish");
                 goto fail;
             }
-            continue;
         }
+        ss_mailbox_cell *cell = cell_at(self, h, (unsigned)(st & 1));
+        uint64_t s1 = atomic_load_explicit(&cell->lock_seq, memory_order_acquire);
+        if (s1 & 1)
+            continue;
         uint64_t len = atomic_load_explicit(&cell->length, memory_order_relaxed);
         uint64_t seq = atomic_load_explicit(&cell->seq, memory_order_relaxed);
         if (len > self->capacity) {
