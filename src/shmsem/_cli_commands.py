@@ -584,6 +584,19 @@ def _segment(args: argparse.Namespace) -> IpcObject:
     return find_one(args.target, load_objects(["shm"]), ["shm"])
 
 
+def _check_owner(o: IpcObject, trust: bool) -> None:
+    """As SharedMemory.open does: a segment someone else owns may be a squatter
+    waiting to hand us its data or to receive ours."""
+    euid = os.geteuid()
+    if trust or (o.uid == o.cuid == euid):
+        return
+    raise CliError(
+        f"{o.describe()} belongs to {user_name(o.uid)} (created by {user_name(o.cuid)}), "
+        f"not to you ({user_name(euid)}): someone may have pre-created this key; "
+        "pass --trust if you expect that"
+    )
+
+
 def _attach(o: IpcObject, readonly: bool) -> SharedMemory:
     try:
         return SharedMemory.from_id(o.id, readonly=readonly)
@@ -614,6 +627,7 @@ def hexdump(data: bytes) -> str:
 
 def cmd_read(args: argparse.Namespace) -> int:
     o = _segment(args)
+    _check_owner(o, args.trust)
     shm = _attach(o, readonly=True)
     try:
         _refuse_shmsem(o, shm, "read it with the Channel or Mailbox API")
@@ -667,6 +681,7 @@ def cmd_write(args: argparse.Namespace) -> int:
             f"{plural(len(data), 'byte')} do not fit {o.describe()}: its {size} bytes hold a "
             f"4-byte length and at most {max(size - 4, 0)} bytes of payload"
         )
+    _check_owner(o, args.trust)
     shm = _attach(o, readonly=False)
     try:
         if not args.force:

@@ -116,6 +116,12 @@ def _id_opt(p: argparse.ArgumentParser) -> None:
                    help="the values are ids, never keys (decimal or 0x-hex)")
 
 
+def _trust_opt(p: argparse.ArgumentParser, doing: str) -> None:
+    p.add_argument("--trust", action="store_true",
+                   help=f"{doing} a segment another user owns (refused by default: it may "
+                   "be a squatter on the key)")
+
+
 def _json_opt(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true",
                    help=f"{what} as JSON (schema in docs/cli.md)")
@@ -199,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", dest="format", action="store_const", const="json",
                      help="JSON with the text (or null) and base64 (docs/cli.md)")
     p.set_defaults(format="text")
+    _trust_opt(p, "read")
     _id_opt(p)
 
     p = _add(sub, "write", "write a frame into a segment (.NET helper format)",
@@ -214,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA|-", help="the payload, or - for stdin")
     p.add_argument("--force", action="store_true",
                    help="write even over a Channel or Mailbox header")
+    _trust_opt(p, "write to")
     _id_opt(p)
 
     p = _add(sub, "watch", "show an object's frame, values or counters as they change",
