@@ -12,14 +12,16 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
-
+# Before anything else, setuptools included: its import already does
+# platform-specific work.
 if not sys.platform.startswith("linux"):
     sys.exit(
         "shmsem supports Linux only: it is built on System V IPC and futexes as "
         f"Linux provides them, and this platform is {sys.platform!r}. "
         "For POSIX shared memory elsewhere, use multiprocessing.shared_memory or posix_ipc."
     )
+
+from setuptools import Extension, setup  # noqa: E402
 
 here = Path(__file__).parent
 csrc = Path("src", "shmsem", "csrc")

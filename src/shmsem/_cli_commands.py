@@ -586,7 +586,8 @@ def _segment(args: argparse.Namespace) -> IpcObject:
 
 def _check_owner(o: IpcObject, trust: bool) -> None:
     """As SharedMemory.open does: a segment someone else owns may be a squatter
-    waiting to hand us its data or to receive ours."""
+    waiting to hand us its data or to receive ours.  Called once attached, so
+    that a segment we may not access at all says "permission denied"."""
     euid = os.geteuid()
     if trust or (o.uid == o.cuid == euid):
         return
@@ -627,9 +628,9 @@ def hexdump(data: bytes) -> str:
 
 def cmd_read(args: argparse.Namespace) -> int:
     o = _segment(args)
-    _check_owner(o, args.trust)
     shm = _attach(o, readonly=True)
     try:
+        _check_owner(o, args.trust)
         _refuse_shmsem(o, shm, "read it with the Channel or Mailbox API")
         try:
             payload = shm.read()
@@ -681,9 +682,9 @@ def cmd_write(args: argparse.Namespace) -> int:
             f"{plural(len(data), 'byte')} do not fit {o.describe()}: its {size} bytes hold a "
             f"4-byte length and at most {max(size - 4, 0)} bytes of payload"
         )
-    _check_owner(o, args.trust)
     shm = _attach(o, readonly=False)
     try:
+        _check_owner(o, args.trust)  # attaching is harmless; reading or writing is not
         if not args.force:
             _refuse_shmsem(o, shm, "writing a frame would destroy its header (--force does "
                            "it anyway)")

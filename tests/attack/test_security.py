@@ -363,6 +363,17 @@ def test_cli_read_refuses_a_squatted_key(unique_key, cleanup_keys, reliability) 
         f"{r.stdout!r} (stderr {r.stderr!r})")
 
 
+def test_cli_read_and_write_with_trust_use_a_squatted_key(unique_key, cleanup_keys) -> None:
+    """--trust is the CLI's trust=True: the user says the other owner is expected."""
+    K, ids = squat(unique_key, cleanup_keys, give_away=False)
+    r = cli("read", "--trust", f"0x{K['shm']:08x}")
+    assert (r.returncode, r.stdout) == (0, "planted frame\n"), r.stderr
+    r = cli("write", "--trust", f"0x{K['shm']:08x}", "expected reply")
+    assert r.returncode == 0, r.stderr
+    with shmsem.SharedMemory.from_id(ids["shm"], readonly=True) as shm:
+        assert shm.read() == b"expected reply"
+
+
 def test_cli_write_refuses_a_squatted_key(unique_key, cleanup_keys, reliability) -> None:
     """`shmsem write KEY DATA` into another user's segment hands DATA to that
     user: the CLI must refuse (exit 1) and leave the segment alone."""
