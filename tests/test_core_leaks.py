@@ -33,6 +33,7 @@ Nothing here times anything.  The whole module runs in about 10 s.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from typing import Any, Callable
 
@@ -632,10 +633,15 @@ def growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     return g
 
 
-def leaks(result: dict[str, Any]) -> list[str]:
+def leaks(result: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     """The measures that grew beyond their limit over the second batch."""
     g = growth(result["m1"], result["m2"])
-    return [k for k, limit in LIMITS.items() if g[k] > limit]
+    return [k for k, limit in LIMITS.items() if g[k] > limit and k not in ignore]
+
+
+#: Under the ASan build (CI stage 3) freed memory sits in ASan's quarantine,
+#: up to 256 MiB, so RSS grows by design there; the normal build checks it.
+UNDER_ASAN = "asan" in os.environ.get("LD_PRELOAD", "")
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -648,7 +654,8 @@ def test_core_calls_do_not_leak(
     group: str, child: Callable[..., Any], unique_key: Callable[[], int]
 ) -> None:
     result = run_group(child, GROUPS[group], [unique_key(), unique_key()])
-    assert not leaks(result), f"{group}: {leaks(result)} leaked: {describe(result)}"
+    found = leaks(result, ignore=("rss",) if UNDER_ASAN else ())
+    assert not found, f"{group}: {found} leaked: {describe(result)}"
 
 
 @pytest.mark.parametrize("leak", sorted(SELF_TESTS))
