@@ -3,6 +3,7 @@ and how sizes and times are shown."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from typing import IO, Optional, Sequence, Tuple, Union
@@ -120,3 +121,23 @@ def plural(n: int, word: str, words: Optional[str] = None) -> str:
 def one_line(text: str) -> str:
     """Messages go to stderr as exactly one line."""
     return " ".join(text.split())
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value > 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value

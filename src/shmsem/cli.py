@@ -15,7 +15,8 @@ import textwrap
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from . import __version__
-from ._cli_util import CliError, one_line
+from ._bench.options import add_peers_options
+from ._cli_util import CliError, one_line, positive_float, positive_int
 from .errors import ShmsemError
 
 EXIT_OK = 0
@@ -45,26 +46,6 @@ _COMMANDS: list[str] = []
 
 def _commands() -> list[str]:
     return _COMMANDS
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value > 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
-    return value
 
 
 # -- the commands: each imports its module only when it runs ----------------
@@ -234,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
              "  shmsem watch 32769 --count 5 --json",
              _lazy("cmd_watch"))
     p.add_argument("target", metavar="KEY|ID", help=KEY_HELP)
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
                    help="time between samples (default 1)")
-    p.add_argument("--count", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--count", type=positive_int, default=None, metavar="N",
                    help="stop after N samples (default: until Ctrl-C)")
     _type_opt(p)
     _id_opt(p)
@@ -289,23 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  shmsem bench --json results.json --plot results.png\n"
              "  shmsem bench --markdown > channels.md",
              _lazy("cmd_bench", "_bench.peers"))
-    p.add_argument("--quick", action="store_true",
-                   help="a short run (under a minute): 3 trials of 0.05 s instead of 11 of 0.3 s")
-    p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="also draw a PNG chart (needs matplotlib)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the tables as Markdown (as in docs/benchmarks.md)")
-    p.add_argument("--trials", type=_positive_int, metavar="N",
-                   help="trials per candidate (overrides --quick)")
-    p.add_argument("--trial-time", type=_positive_float, metavar="SECONDS",
-                   help="target duration of one trial (overrides --quick)")
-    p.add_argument("--cpus", metavar="A,B",
-                   help="CPUs for the ping-pong (side A on A, side B on B) and for --pin "
-                        "(default: the first two this process may run on)")
-    p.add_argument("--pin", action="store_true",
-                   help="pin throughput producers to CPU A and consumers to CPU B "
-                        "(default: unpinned)")
+    add_peers_options(p)
 
     return parser
 

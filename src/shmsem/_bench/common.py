@@ -28,6 +28,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
+from .options import (
+    FULL_TRIAL_TIME,
+    FULL_TRIALS,
+    QUICK_TRIAL_TIME,
+    QUICK_TRIALS,
+    add_trial_options,
+)
+
 __all__ = [
     "C_DIR",
     "FULL_TRIALS",
@@ -72,9 +80,6 @@ C_DIR = Path(__file__).resolve().parent / "c"
 #: What a missing optional peer is reported as.
 NOT_INSTALLED = "not installed (pip install 'shmsem[bench]')"
 
-#: Full and --quick settings: trials per candidate, seconds per trial.
-FULL_TRIALS, FULL_TRIAL_TIME = 11, 0.3
-QUICK_TRIALS, QUICK_TRIAL_TIME = 3, 0.05
 
 
 # ---------------------------------------------------------------------------
@@ -84,12 +89,7 @@ QUICK_TRIALS, QUICK_TRIAL_TIME = 3, 0.05
 def make_parser(description: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The options every benchmark script takes."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: {QUICK_TRIALS} short trials instead of {FULL_TRIALS}")
-    p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
-    p.add_argument("--trials", type=int, help="trials per candidate (overrides --quick)")
-    p.add_argument("--trial-time", type=float, metavar="SECONDS",
-                   help="target duration of one trial (overrides --quick)")
+    add_trial_options(p)
     return p
 
 

@@ -37,6 +37,7 @@ from typing import IO, Any, Callable, Optional, Sequence
 import shmsem
 
 from . import common as C
+from .options import add_peers_options
 from .links import (
     BYTES,
     OBJECTS,
@@ -1041,30 +1042,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run, under a minute: {C.QUICK_TRIALS} trials of "
-                        f"{C.QUICK_TRIAL_TIME:g} s instead of {C.FULL_TRIALS} of "
-                        f"{C.FULL_TRIAL_TIME:g} s")
-    p.add_argument("--json", metavar="FILE", help="also write every sample to FILE as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the results as Markdown (docs/benchmarks.md, Channels)")
-    p.add_argument("--trials", type=int, help="trials per candidate (overrides --quick)")
-    p.add_argument("--trial-time", type=float, metavar="SECONDS",
-                   help="target duration of one trial (overrides --quick)")
-    p.add_argument("--cpus", metavar="A,B",
-                   help="CPUs for the ping-pong (side A on A, side B on B) and for --pin "
-                        "(default: the first two this process may run on)")
-    p.add_argument("--pin", action="store_true",
-                   help="pin throughput producers to CPU A and consumers to CPU B "
-                        "(default: unpinned)")
-
-
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     """benchmarks/peers.py."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(p)
+    add_peers_options(p)
     p.add_argument("--from-json", metavar="FILE",
                    help="measure nothing: print (and --plot) the results saved in FILE by "
                         "--json")
