@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pytest
+from proc_helpers import drop_to_user_prelude
 
 import shmsem
 from shmsem import _core
@@ -148,36 +149,6 @@ class KeyFactory:
 SRC_ENV = dict(os.environ)
 
 
-# Run as another uid.  The interpreter and its stdlib may live where that uid
-# cannot read (e.g. under /root), and modules are imported lazily, so the
-# child keeps 0 as its *saved* uid and regains root only while importing.
-# Everything else, and every IPC call in particular, runs with real and
-# effective uid/gid set to that user and no effective capabilities.
-_DROP_PRELUDE = """\
-import builtins as _b, os as _os, sys as _sys
-import shmsem, shmsem.cli, shmsem.compat
-_uid = {uid}
-_real_import = _b.__import__
-_depth = [0]
-def _import(*args, **kwargs):
-    if _depth[0] == 0:
-        _os.seteuid(0)
-    _depth[0] += 1
-    try:
-        return _real_import(*args, **kwargs)
-    finally:
-        _depth[0] -= 1
-        if _depth[0] == 0:
-            _os.seteuid(_uid)
-_os.setgroups([])
-_os.setresgid(_uid, _uid, 0)
-_os.setresuid(_uid, _uid, 0)
-_b.__import__ = _import
-_os.chdir("/")
-exec(compile(_sys.argv[1], "<child>", "exec"), {{"__name__": "__main__"}})
-"""
-
-
 class Child:
     """A Python child process running ``code``; stdout/stderr captured.
 
@@ -188,7 +159,7 @@ class Child:
         self.code = textwrap.dedent(code)
         argv = [sys.executable, "-c", self.code]
         if user is not None:
-            argv = [sys.executable, "-c", _DROP_PRELUDE.format(uid=user), self.code]
+            argv = [sys.executable, "-c", drop_to_user_prelude(user), self.code]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env or SRC_ENV, cwd="/",

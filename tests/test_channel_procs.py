@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from proc_helpers import IMPORT_LINE
 
 import shmsem
 from shmsem import Channel, Mailbox, SharedMemory
@@ -34,8 +35,8 @@ from shmsem import Channel, Mailbox, SharedMemory
 WAIT = 20.0  # an upper bound on waits, never an expectation
 
 # Helpers shared by the parent and the children (exec'd in both).
-HELPERS = r'''
-import ctypes, os, random, select, signal, struct, sys, time, zlib, queue
+HELPERS = IMPORT_LINE + r'''
+import os, random, select, signal, struct, sys, time, zlib, queue
 
 HDR = struct.Struct("<cIIII")  # tag, who, seq, body length, crc32
 
@@ -55,40 +56,6 @@ def decode(m):
         raise ValueError(f"torn message tag={tag!r} who={who} seq={seq} len={len(m)}")
     return tag, who, seq
 
-
-def die_with_parent():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-def proc_state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return "X"
-    return text[text.rindex(")") + 2]
-
-
-def kill_in_lock(pid, holder, budget=1.0):
-    """SIGKILL pid at a moment it holds a lock (holder() is the lock's pid):
-    stop it when seen holding, and kill it if it still holds once stopped.
-    Returns whether it died holding the lock."""
-    deadline = time.monotonic() + budget
-    while time.monotonic() < deadline:
-        if holder() != pid:
-            continue
-        os.kill(pid, signal.SIGSTOP)
-        while proc_state(pid) not in "TtZX" and time.monotonic() < deadline:
-            pass
-        if holder() == pid:
-            os.kill(pid, signal.SIGKILL)
-            return True
-        os.kill(pid, signal.SIGCONT)
-    os.kill(pid, signal.SIGKILL)
-    return False
 '''
 H: dict[str, Any] = {}
 exec(HELPERS, H)  # noqa: S102 - our own helper source, shared with the children

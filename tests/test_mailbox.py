@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from proc_helpers import IMPORT_LINE
 
 import shmsem
 from shmsem import Channel, ClosedError, FormatError, Mailbox, SharedMemory
@@ -453,9 +454,8 @@ def test_with_and_remove(unique_key) -> None:
 # ---------------------------------------------------------------------------
 # Processes
 
-CHECKSUM = r'''
+CHECKSUM = IMPORT_LINE + r'''
 import json, os, random, select, signal, struct, sys, time, zlib
-import ctypes
 
 
 def make_value(seq, body):
@@ -483,40 +483,6 @@ def check_value(seq, value):
         return f"returned seq {seq} but the value is publish {inner}"
     return None
 
-
-def die_with_parent():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-def proc_state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return "X"
-    return text[text.rindex(")") + 2]
-
-
-def kill_in_lock(pid, holder, budget=1.0):
-    """SIGKILL pid at a moment it holds a lock (holder() is the lock's pid):
-    stop it when seen holding, and kill it if it still holds once stopped.
-    Returns whether it died holding the lock."""
-    deadline = time.monotonic() + budget
-    while time.monotonic() < deadline:
-        if holder() != pid:
-            continue
-        os.kill(pid, signal.SIGSTOP)
-        while proc_state(pid) not in "TtZX" and time.monotonic() < deadline:
-            pass
-        if holder() == pid:
-            os.kill(pid, signal.SIGKILL)
-            return True
-        os.kill(pid, signal.SIGCONT)
-    os.kill(pid, signal.SIGKILL)
-    return False
 '''
 CS: dict[str, Any] = {}
 exec(CHECKSUM, CS)  # noqa: S102 - our own helper source, shared with the children

@@ -10,17 +10,21 @@ the test file, not a string.  Nothing here imports pytest.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
+# tests/, for proc_helpers: children that import this module have only HERE.
+sys.path.insert(0, str(HERE.parent))
+from proc_helpers import die_with_parent as die_with_parent  # noqa: E402  (re-exported)
+from proc_helpers import proc_state as proc_state  # noqa: E402
 
 #: The longest any single wait in these tests may take: a bound, never an expectation.
 WAIT = 20.0
@@ -63,25 +67,6 @@ def decode(m: bytes | bytearray | memoryview) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------
 # Processes
-
-
-def die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: SIGKILL this process when its parent dies, so that
-    nothing a test forks can outlive it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-def proc_state(pid: int) -> str:
-    """The state letter of /proc/<pid>/stat ('X' when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return "X"
-    return text[text.rindex(")") + 2]
 
 
 def wait_stopped(pid: int, timeout: float = 5.0) -> bool:

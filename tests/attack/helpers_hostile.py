@@ -321,31 +321,6 @@ def check_exit(p: Proc, timeout: float) -> None:
 # Another user, with supplementary groups
 
 
-_GROUP_PRELUDE = """\
-import builtins as _b, os as _os, sys as _sys
-import shmsem, shmsem.cli, shmsem.compat, helpers_hostile
-_uid, _gid, _groups = {uid}, {gid}, {groups!r}
-_real_import = _b.__import__
-_depth = [0]
-def _import(*args, **kwargs):
-    if _depth[0] == 0:
-        _os.seteuid(0)
-    _depth[0] += 1
-    try:
-        return _real_import(*args, **kwargs)
-    finally:
-        _depth[0] -= 1
-        if _depth[0] == 0:
-            _os.seteuid(_uid)
-_os.setgroups(_groups)
-_os.setresgid(_gid, _gid, 0)
-_os.setresuid(_uid, _uid, 0)
-_b.__import__ = _import
-_os.chdir("/")
-exec(compile(_sys.argv[1], "<child>", "exec"), {{"__name__": "__main__"}})
-"""
-
-
 def run_as(code: str, uid: int, gid: int, groups: list[int], timeout: float = 60.0) -> tuple[int, str, str]:
     """Run ``code`` as uid/gid with these supplementary groups (the caller must
     be root).  As in conftest's child(user=...), the saved uid stays 0 so that
@@ -354,7 +329,10 @@ def run_as(code: str, uid: int, gid: int, groups: list[int], timeout: float = 60
     stderr)."""
     import textwrap
 
-    argv = [sys.executable, "-c", _GROUP_PRELUDE.format(uid=uid, gid=gid, groups=groups),
+    from proc_helpers import drop_to_user_prelude  # tests/: on sys.path under pytest
+
+    argv = [sys.executable, "-c",
+            drop_to_user_prelude(uid, gid, groups, preimport=["helpers_hostile"]),
             textwrap.dedent(code)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           env=child_env(), cwd="/", check=False)
