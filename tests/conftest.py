@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pytest
+from ipc_helpers import remove_object
 from proc_helpers import drop_to_user_prelude
 
 import shmsem
-from shmsem import _core
 
 PROC = Path("/proc/sysvipc")
 
@@ -86,18 +85,6 @@ def ipc_objects() -> set[tuple[str, int, int]]:
             fields = line.split()
             found.add((kind, int(fields[0]), int(fields[1])))
     return found
-
-
-def remove_object(kind: str, ident: int) -> None:
-    try:
-        if kind == "shm":
-            _core.shm_rmid(ident)
-        elif kind == "sem":
-            _core.semctl(ident, 0, _core.IPC_RMID)
-        else:
-            _core.msg_rmid(ident)
-    except (shmsem.ShmsemError, OSError):
-        pass
 
 
 @pytest.fixture(autouse=True)

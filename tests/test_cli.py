@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
+from ipc_helpers import remove_object
 
 import shmsem
-from shmsem import _core
 from shmsem._sysv_table import IpcObject
 from shmsem._target import Target, find, find_one, parse_id, parse_target
 from shmsem._cli_util import CliError
@@ -94,18 +94,6 @@ def ids(kind: str) -> set[int]:
     return {int(line.split()[1]) for line in (PROC / kind).read_text().splitlines()[1:]}
 
 
-def rm_quietly(kind: str, ident: int) -> None:
-    try:
-        if kind == "shm":
-            _core.shm_rmid(ident)
-        elif kind == "sem":
-            _core.semctl(ident, 0, _core.IPC_RMID)
-        else:
-            _core.msg_rmid(ident)
-    except (shmsem.ShmsemError, OSError):
-        pass
-
-
 @pytest.fixture
 def cleanup() -> Iterator[Callable[[str, int], int]]:
     """``cleanup(kind, id)`` registers an object to remove at teardown."""
@@ -117,7 +105,7 @@ def cleanup() -> Iterator[Callable[[str, int], int]]:
 
     yield add
     for kind, ident in todo:
-        rm_quietly(kind, ident)
+        remove_object(kind, ident)
 
 
 def orphan_segment(child: Any, size: int = 4096, **kw: Any) -> int:

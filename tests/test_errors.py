@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import pathlib
 import pickle
 import shutil
 import subprocess
@@ -16,9 +14,9 @@ import textwrap
 from typing import Any, Callable
 
 import pytest
+from ipc_helpers import remove_key
 
 import shmsem
-from shmsem import _core
 from shmsem.errors import format_key
 
 NOBODY = 65534
@@ -365,23 +363,6 @@ def test_limit_msgmax() -> None:
 # ---------------------------------------------------------------------------
 # Another uid: a child running as nobody (65534).
 
-def remove_key_everywhere(key: int) -> None:
-    signed = key - 2**32 if key >= 2**31 else key
-    for kind in ("shm", "sem", "msg"):
-        for line in pathlib.Path("/proc/sysvipc", kind).read_text().splitlines()[1:]:
-            f = line.split()
-            if int(f[0]) == signed:
-                try:
-                    if kind == "shm":
-                        _core.shm_rmid(int(f[1]))
-                    elif kind == "sem":
-                        _core.semctl(int(f[1]), 0, _core.IPC_RMID)
-                    else:
-                        _core.msg_rmid(int(f[1]))
-                except (shmsem.ShmsemError, OSError):
-                    pass
-
-
 def test_nobody_child_runs(nobody) -> None:
     c = nobody("import os, shmsem; print(os.geteuid(), os.getegid())")
     c.expect(f"{NOBODY} {NOBODY}")
@@ -436,7 +417,7 @@ def test_other_uid_is_denied_a_0600_object(nobody, unique_key, kind: str) -> Non
             obj.close()
         else:
             obj.remove()
-        remove_key_everywhere(key)
+        remove_key(key)
 
 
 SQUAT = """
@@ -500,7 +481,7 @@ def test_squatted_key_is_refused(nobody, unique_key) -> None:
         # Nothing was removed by any of that.
         assert shmsem.SharedMemory.from_id(shm_id).stat().uid == NOBODY
     finally:
-        remove_key_everywhere(key)
+        remove_key(key)
 
 
 BROADER = """
@@ -561,7 +542,7 @@ def test_mode_broader_than_asked_is_refused(nobody, unique_key) -> None:
         ]
         assert lines == expected, out + err
     finally:
-        remove_key_everywhere(key)
+        remove_key(key)
 
 
 def test_root_opening_root_owned_broad_object_is_exempt(as_root, unique_key) -> None:

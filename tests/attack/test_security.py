@@ -31,6 +31,7 @@ from typing import Any
 
 import helpers_hostile as H
 import pytest
+from ipc_helpers import remove_key, remove_object
 
 import shmsem
 from shmsem import _core
@@ -52,23 +53,6 @@ def cleanup_keys() -> Iterator[list[int]]:
     yield keys
     for key in keys:
         remove_key(key)
-
-
-def remove_key(key: int) -> None:
-    signed = key - 2**32 if key >= 2**31 else key
-    for kind in ("shm", "sem", "msg"):
-        for line in Path("/proc/sysvipc", kind).read_text().splitlines()[1:]:
-            f = line.split()
-            if int(f[0]) == signed:
-                try:
-                    if kind == "shm":
-                        _core.shm_rmid(int(f[1]))
-                    elif kind == "sem":
-                        _core.semctl(int(f[1]), 0, _core.IPC_RMID)
-                    else:
-                        _core.msg_rmid(int(f[1]))
-                except (shmsem.ShmsemError, OSError):
-                    pass
 
 
 def sysvipc_row(kind: str, ident: int) -> dict[str, int]:
@@ -155,15 +139,10 @@ def test_every_object_type_defaults_to_mode_0600(unique_key, reliability) -> Non
         assert not wrong, f"objects created with defaults whose mode is not 0600: {wrong}"
     finally:
         for _, obj, kind, ident in made:
-            try:
-                if kind == "shm":
-                    close_quietly(obj)  # each is its segment's owner: this removes it
-                elif kind == "sem":
-                    _core.semctl(ident, 0, _core.IPC_RMID)
-                else:
-                    _core.msg_rmid(ident)
-            except (shmsem.ShmsemError, OSError):
-                pass
+            if kind == "shm":
+                close_quietly(obj)  # each is its segment's owner: this removes it
+            else:
+                remove_object(kind, ident)
 
 
 # ---------------------------------------------------------------------------
