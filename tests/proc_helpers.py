@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 #: Source that makes these helpers available in a ``python -c`` child.
 IMPORT_LINE = (
@@ -96,3 +96,24 @@ def drop_to_user_prelude(uid: int, gid: int | None = None, groups: Sequence[int]
     modules = ", ".join(["shmsem", "shmsem.cli", "shmsem.compat", *preimport])
     return _DROP_PRELUDE.format(preimport=modules, uid=uid,
                                 gid=uid if gid is None else gid, groups=list(groups))
+
+
+def sigint_rounds(c: Any, rounds: int, seed: int = 475) -> None:
+    """Drive a child (conftest's Child) that, ``rounds`` times, answers "go"
+    with "ready", blocks in a call with a 3 s timeout and prints
+    "interrupted" when SIGINT interrupts it: send SIGINT at varied moments
+    and check that every one interrupts the call at once."""
+    import random
+
+    rng = random.Random(seed)
+    for i in range(rounds):
+        c.send("go")
+        c.expect("ready")
+        time.sleep(rng.uniform(0.01, 0.05))
+        t0 = time.monotonic()
+        c.signal(signal.SIGINT)
+        line = c.readline(timeout=10)
+        late = time.monotonic() - t0 >= 1.5  # the call's timeout is 3 s
+        assert line == "interrupted" and not late, (
+            f"round {i + 1} of {rounds}: {line!r} after {time.monotonic() - t0:.2f}s")
+    assert c.wait() == 0

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from proc_helpers import sigint_rounds
 
 import shmsem
 from shmsem import MessageQueue
@@ -559,25 +560,11 @@ def test_sigint_is_never_missed_by_a_timed_call(child, call: str) -> None:
     the signal at varied moments: a library that only checks for signals on
     EINTR misses some of them (about one in ten here), so this fails for it
     with high probability, and never fails for a correct one."""
-    import random
-
-    rng = random.Random(475)
     q = MessageQueue(None)
     try:
         _prepare(q, full="send" in call)
         rounds = 20
-        c = child(ROUNDS.format(id=q.id, rounds=rounds, call=call))
-        for i in range(rounds):
-            c.send("go")
-            c.expect("ready")
-            time.sleep(rng.uniform(0.01, 0.05))
-            t0 = time.monotonic()
-            c.signal(signal.SIGINT)
-            line = c.readline(timeout=10)
-            late = time.monotonic() - t0 >= 1.5  # the call's timeout is 3 s
-            assert line == "interrupted" and not late, (
-                f"round {i + 1} of {rounds}: {line!r} after {time.monotonic() - t0:.2f}s")
-        assert c.wait() == 0
+        sigint_rounds(child(ROUNDS.format(id=q.id, rounds=rounds, call=call)), rounds)
     finally:
         q.remove()
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from proc_helpers import sigint_rounds
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -618,22 +619,8 @@ for i in range({rounds}):
 def test_sigint_is_never_missed(sem: Semaphore, child, call: str) -> None:
     """Twenty rounds of SIGINT at varied moments of a blocked wait: every one
     must interrupt it at once."""
-    import random
-
-    rng = random.Random(475)
     rounds = 20
-    c = child(ROUNDS.format(id=sem.id, rounds=rounds, call=call))
-    for i in range(rounds):
-        c.send("go")
-        c.expect("ready")
-        time.sleep(rng.uniform(0.01, 0.05))
-        t0 = time.monotonic()
-        c.signal(signal.SIGINT)
-        line = c.readline(timeout=10)
-        late = time.monotonic() - t0 >= 1.5  # a timed call's timeout is 3 s
-        assert line == "interrupted" and not late, (
-            f"round {i + 1} of {rounds}: {line!r} after {time.monotonic() - t0:.2f}s")
-    assert c.wait() == 0
+    sigint_rounds(child(ROUNDS.format(id=sem.id, rounds=rounds, call=call)), rounds)
     assert sem.value == 0
 
 
