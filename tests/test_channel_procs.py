@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from proc_helpers import IMPORT_LINE
+from proc_helpers import IMPORT_LINE, lock_identity, ns_tag, proc_stat
 
 import shmsem
 from shmsem import Channel, Mailbox, SharedMemory
@@ -554,24 +554,6 @@ print(m, "closed", flush=True)
 # Locks held by dead (or live) processes
 
 
-def ns_tag() -> int:
-    x = os.stat("/proc/self/ns/pid").st_ino
-    x ^= x >> 32
-    x ^= x >> 16
-    x ^= x >> 8
-    return (x & 0xFF) | 1
-
-
-def proc_stat(pid: int) -> tuple[str, int]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[22 - 3])  # state (field 3), starttime (field 22)
-
-
-def identity(pid: int, start: int, tag: int | None = None) -> int:
-    return pid | (start & 0xFFFFFF) << 32 | (ns_tag() if tag is None else tag) << 56
-
-
 def dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait(WAIT)
@@ -603,7 +585,7 @@ def test_lock_of_a_dead_pid_is_recovered(make, side) -> None:
     _prepare(ch, side)
     pid = dead_pid()
     with SharedMemory.from_id(ch.id) as shm:
-        shm.write_at(LOCKS[side], struct.pack("<Q", identity(pid, 12345)))
+        shm.write_at(LOCKS[side], struct.pack("<Q", lock_identity(pid, 12345)))
     assert _lock_pid(ch, side) == pid
     before = ch.stats().recoveries
     assert _blocked_op(ch, side, timeout=5) in (None, b"through")
@@ -623,7 +605,7 @@ def test_lock_of_a_zombie_is_recovered(make, side) -> None:
         wait_for(lambda: proc_stat(z.pid)[0] == "Z", "the child to become a zombie")
         start = proc_stat(z.pid)[1]
         with SharedMemory.from_id(ch.id) as shm:
-            shm.write_at(LOCKS[side], struct.pack("<Q", identity(z.pid, start)))
+            shm.write_at(LOCKS[side], struct.pack("<Q", lock_identity(z.pid, start)))
         _blocked_op(ch, side, timeout=5)
         assert ch.stats().recoveries == 1
         assert _lock_pid(ch, side) == 0
@@ -641,7 +623,7 @@ def test_lock_of_a_recycled_pid_is_recovered(make, side) -> None:
     try:
         start = proc_stat(p.pid)[1]
         with SharedMemory.from_id(ch.id) as shm:
-            shm.write_at(LOCKS[side], struct.pack("<Q", identity(p.pid, start + 1)))
+            shm.write_at(LOCKS[side], struct.pack("<Q", lock_identity(p.pid, start + 1)))
         _blocked_op(ch, side, timeout=5)
         assert ch.stats().recoveries == 1
     finally:
@@ -657,7 +639,7 @@ def test_lock_of_a_live_holder_is_not_taken(make, side) -> None:
     try:
         start = proc_stat(p.pid)[1]
         with SharedMemory.from_id(ch.id) as shm:
-            shm.write_at(LOCKS[side], struct.pack("<Q", identity(p.pid, start)))
+            shm.write_at(LOCKS[side], struct.pack("<Q", lock_identity(p.pid, start)))
             with pytest.raises(queue.Full if side == "producer" else queue.Empty):
                 _blocked_op(ch, side, timeout=0.3)
             assert ch.stats().recoveries == 0
@@ -676,7 +658,7 @@ def test_lock_of_a_live_holder_is_not_taken(make, side) -> None:
 def test_lock_holders_in_another_pid_namespace_are_left_alone(make) -> None:
     """A pid from another namespace cannot be judged from here: assume alive."""
     ch = make(1024)
-    ident = identity(dead_pid(), 0, tag=ns_tag() ^ 0x80)
+    ident = lock_identity(dead_pid(), 0, tag=ns_tag() ^ 0x80)
     with SharedMemory.from_id(ch.id) as shm:
         shm.write_at(LOCKS["producer"], struct.pack("<Q", ident))
         with pytest.raises(queue.Full):
@@ -695,7 +677,7 @@ def test_our_own_identity_held_by_no_thread_of_ours_is_recovered(make, side) -> 
     ch = make(1024)
     if side == "consumer":
         ch.put_bytes(b"x")
-    ident = identity(os.getpid(), proc_stat(os.getpid())[1])
+    ident = lock_identity(os.getpid(), proc_stat(os.getpid())[1])
     with SharedMemory.from_id(ch.id) as shm:
         shm.write_at(LOCKS[side], struct.pack("<Q", ident))
     _blocked_op(ch, side, timeout=5)
@@ -753,7 +735,7 @@ def test_lock_of_an_earlier_process_with_our_pid_is_recovered(make, side) -> Non
     _prepare(ch, side)
     start = proc_stat(os.getpid())[1]
     with SharedMemory.from_id(ch.id) as shm:
-        shm.write_at(LOCKS[side], struct.pack("<Q", identity(os.getpid(), start + 1)))
+        shm.write_at(LOCKS[side], struct.pack("<Q", lock_identity(os.getpid(), start + 1)))
     _blocked_op(ch, side, timeout=5)
     assert ch.stats().recoveries == 1
     assert _lock_pid(ch, side) == 0

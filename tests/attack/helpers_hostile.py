@@ -43,6 +43,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 ATTACK_DIR = Path(__file__).resolve().parent
+# tests/, for proc_helpers (children get it on PYTHONPATH from child_env).
+sys.path.insert(0, str(ATTACK_DIR.parent))
+from proc_helpers import drop_to_user_prelude, lock_identity  # noqa: E402
+from proc_helpers import ns_tag as ns_tag  # noqa: E402  (re-exported)
 
 # ---------------------------------------------------------------------------
 # docs/protocol.md offsets
@@ -74,7 +78,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     directory first on PYTHONPATH."""
     env = dict(os.environ)
     old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(ATTACK_DIR) + (os.pathsep + old if old else "")
+    env["PYTHONPATH"] = os.pathsep.join([str(ATTACK_DIR), str(ATTACK_DIR.parent)]
+                                        + ([old] if old else []))
     env.setdefault("PYTHONFAULTHANDLER", "1")
     if extra:
         env.update(extra)
@@ -99,26 +104,7 @@ def sanitizer_report(stderr: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# Lock identities (docs/protocol.md section 2)
-
-
-def ns_tag_of(pid: int | str = "self") -> int:
-    x = os.stat(f"/proc/{pid}/ns/pid").st_ino
-    x ^= x >> 32
-    x ^= x >> 16
-    x ^= x >> 8
-    return (x & 0xFF) | 1
-
-
-def start_time_of(pid: int) -> int:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    rest = text[text.rindex(")") + 2:].split()
-    return int(rest[19])  # field 22; rest[0] is field 3
-
-
-def ident_of(pid: int) -> int:
-    """The lock identity the process ``pid`` writes into an owner word."""
-    return pid | (start_time_of(pid) & 0xFFFFFF) << 32 | ns_tag_of(pid) << 56
+# Lock identities (docs/protocol.md section 2): proc_helpers.lock_identity
 
 
 def dead_pid() -> int:
@@ -329,8 +315,6 @@ def run_as(code: str, uid: int, gid: int, groups: list[int], timeout: float = 60
     stderr)."""
     import textwrap
 
-    from proc_helpers import drop_to_user_prelude  # tests/: on sys.path under pytest
-
     argv = [sys.executable, "-c",
             drop_to_user_prelude(uid, gid, groups, preimport=["helpers_hostile"]),
             textwrap.dedent(code)]
@@ -477,7 +461,7 @@ def hostile_main(spec: dict[str, Any]) -> None:
     if mode == "once":
         writes = spec["writes"]
         if writes in ("SELF", "SELF-BARE"):
-            me = ident_of(os.getpid()) if writes == "SELF" else os.getpid()
+            me = lock_identity(os.getpid()) if writes == "SELF" else os.getpid()
             writes = [[off, 8, me] for off in spec["watch"]]
         for off, width, value in writes:
             words.store(off, width, value)
@@ -699,7 +683,7 @@ def victim_main(spec: dict[str, Any]) -> None:
     rng = random.Random(spec.get("seed", 1))
     role = globals()["Role_" + kind.replace("-", "_")](h, spec, rng)
     role.obj = opener(spec["shmid"])
-    emit(t="ready", pid=os.getpid(), ident=ident_of(os.getpid()))
+    emit(t="ready", pid=os.getpid(), ident=lock_identity(os.getpid()))
     extra: dict[str, Any] = {}
     try:
         while True:

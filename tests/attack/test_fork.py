@@ -34,7 +34,6 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -50,6 +49,7 @@ from helpers_faults import (
     sysv_maps,
     waitpid_bounded,
 )
+from proc_helpers import lock_identity
 
 import shmsem
 from shmsem import Channel, Lock, Mailbox, MessageQueue, Semaphore, SharedMemory
@@ -239,21 +239,6 @@ def test_a_forked_child_dropping_an_inherited_owner_handle_removes_nothing(child
 # Process-lock identity after fork
 
 
-def ns_tag() -> int:
-    x = os.stat("/proc/self/ns/pid").st_ino
-    x ^= x >> 32
-    x ^= x >> 16
-    x ^= x >> 8
-    return (x & 0xFF) | 1
-
-
-def identity(pid: int) -> int:
-    """The owner word docs/protocol.md section 2 specifies for pid."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    start = int(text[text.rindex(")") + 2:].split()[19])
-    return pid | ((start & 0xFFFFFF) << 32) | (ns_tag() << 56)
-
-
 def _loop_channel(ch: Channel, big: bytes) -> None:
     die_with_parent()
     while True:
@@ -309,7 +294,7 @@ def lock_identity_after_fork(how: str) -> None:
 
     def look() -> None:
         seen["owner"] = owner()
-        seen["expected"] = identity(pid)
+        seen["expected"] = lock_identity(pid)
 
     held = kill_in_lock(pid, lambda: owner() & 0xFFFFFFFF, budget=10.0, on_stopped=look)
     if "multiprocessing" in how:

@@ -581,10 +581,10 @@ def test_lock_held_by_someone_else(procs, objects, reliability, kind) -> None:
                     "watch": words}
         elif case == "live-owners-churned":
             pp = os.getppid()
-            live = [H.ident_of(me), me, H.ident_of(pp), pp]  # pytest itself and its parent
+            live = [H.lock_identity(me), me, H.lock_identity(pp), pp]  # pytest itself and its parent
             spec = {"mode": "cycle", "frames": [[[o, 8, v] for o in words] for v in live]}
         else:
-            tag = H.ns_tag_of() << 56
+            tag = H.ns_tag() << 56
             dead = H.dead_pid()
             spec = {"mode": "cycle",
                     "frames": [[[o, 8, tag | (dead - k)] for o in words] for k in range(8)]}
