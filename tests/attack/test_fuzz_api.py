@@ -941,6 +941,31 @@ def fuzz_msgq(t: Tally, n: int) -> None:
     run_examples(t, n, MSG_OPS, body)
 
 
+REFUSED = object()
+
+
+def refused_type_or_timeout(t: Tally, name: str, desc: str, call: Callable[[], Any],
+                            mtype: Any, block: Any, tmo: Any) -> Any:
+    """The checks send() and receive() share: a message type that is not an
+    int64, a timeout with block=False, a bad timeout.  Checks the call against
+    the first that applies and returns REFUSED; otherwise returns what the
+    timeout means (timeout_meaning, 0 for a non-blocking call)."""
+    if not is_int(mtype):
+        t.call(name, desc, call, expect=TypeError)
+        return REFUSED
+    if not -(2**63) <= mtype < 2**63:
+        t.call(name, desc, call, expect=ValueError)
+        return REFUSED
+    if not block and tmo is not None:
+        t.call(name, desc, call, expect=ValueError)
+        return REFUSED
+    meaning = timeout_meaning(tmo) if block else 0
+    if isinstance(meaning, type):
+        t.call(name, desc, call, expect=meaning)
+        return REFUSED
+    return meaning
+
+
 def msgq_op(t: Tally, q: Any, model: list[tuple[int, bytes]], qbytes: list[int], msgmax: int,
             op: tuple[Any, ...]) -> None:
     import shmsem
@@ -962,18 +987,8 @@ def msgq_op(t: Tally, q: Any, model: list[tuple[int, bytes]], qbytes: list[int],
         if raw is None:
             t.call(name, desc, call, expect=bad_buffer_error(data), allowed=(TypeError, ValueError))
             return
-        if not is_int(mtype):
-            t.call(name, desc, call, expect=TypeError)
-            return
-        if not -(2**63) <= mtype < 2**63:
-            t.call(name, desc, call, expect=ValueError)
-            return
-        if not block and tmo is not None:
-            t.call(name, desc, call, expect=ValueError)
-            return
-        meaning = timeout_meaning(tmo) if block else 0
-        if isinstance(meaning, type):
-            t.call(name, desc, call, expect=meaning)
+        meaning = refused_type_or_timeout(t, name, desc, call, mtype, block, tmo)
+        if meaning is REFUSED:
             return
         if mtype <= 0:
             t.call(name, desc, call, expect=ValueError)
@@ -999,18 +1014,8 @@ def msgq_op(t: Tally, q: Any, model: list[tuple[int, bytes]], qbytes: list[int],
     elif name == "receive":
         desc = f"receive({mtype!r}, block={block!r}, timeout={tmo!r}) of {model!r:.80}"
         call = lambda: q.receive(mtype, block=block, timeout=tmo)
-        if not is_int(mtype):
-            t.call(name, desc, call, expect=TypeError)
-            return
-        if not -(2**63) <= mtype < 2**63:
-            t.call(name, desc, call, expect=ValueError)
-            return
-        if not block and tmo is not None:
-            t.call(name, desc, call, expect=ValueError)
-            return
-        meaning = timeout_meaning(tmo) if block else 0
-        if isinstance(meaning, type):
-            t.call(name, desc, call, expect=meaning)
+        meaning = refused_type_or_timeout(t, name, desc, call, mtype, block, tmo)
+        if meaning is REFUSED:
             return
         if mtype == 0:
             idx = 0 if model else None
