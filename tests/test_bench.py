@@ -195,6 +195,20 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
+def _assert_gone(workers: dict[int, str]) -> None:
+    """Every worker is gone within 5 s (not merely reparented: a pid with
+    another start time is another process)."""
+    deadline = time.monotonic() + 5
+    left = workers
+    while time.monotonic() < deadline:
+        left = {pid: start for pid, start in workers.items()
+                if (st := _stat(pid)) is not None and st[1] == start}
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"worker processes left running: {sorted(left)}"
+
+
 def test_ctrl_c_on_a_terminal_removes_everything(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     wrapper = textwrap.dedent("""
@@ -255,16 +269,7 @@ def test_ctrl_c_on_a_terminal_removes_everything(tmp_path: Path) -> None:
     assert rc == 130, out.decode(errors="replace")
     assert b"Traceback" not in out
     assert b"interrupted" in out
-    # Every worker is gone (not merely reparented).
-    deadline = time.monotonic() + 5
-    left = workers
-    while time.monotonic() < deadline:
-        left = {pid: start for pid, start in workers.items()
-                if (st := _stat(pid)) is not None and st[1] == start}
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"worker processes left running: {sorted(left)}"
+    _assert_gone(workers)
 
 
 def test_sigterm_also_cleans_up(tmp_path: Path) -> None:
@@ -291,12 +296,4 @@ def test_sigterm_also_cleans_up(tmp_path: Path) -> None:
             proc.wait(10)
     assert proc.returncode != 0
     assert b"Traceback" not in err
-    deadline = time.monotonic() + 5
-    left = workers
-    while time.monotonic() < deadline:
-        left = {pid: start for pid, start in workers.items()
-                if (st := _stat(pid)) is not None and st[1] == start}
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"worker processes left running: {sorted(left)}"
+    _assert_gone(workers)
