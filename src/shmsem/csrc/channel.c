@@ -192,32 +192,12 @@ record_size(uint64_t payload)
     return SS_RECORD_HEADER + ((payload + 7) & ~(uint64_t)7);
 }
 
-/* Start an operation (ss_segment_enter): the mapped header, with *segp set to
- * a new reference to the segment; channel_leave ends it.  The reference keeps
- * the segment object alive, and the operation keeps it mapped, even if
- * another thread closes the channel while we wait with the GIL released.
- * NULL with ClosedError set when closed. */
+/* Start an operation on the mapped header (ss_object_enter); NULL with
+ * ClosedError set when closed.  ss_object_leave ends it. */
 static ss_channel_header *
 channel_enter(ChannelObject *self, SegmentObject **segp)
 {
-    SegmentObject *seg = self->seg;
-    if (seg == NULL) {
-        ss_raise_closed(self->state, "channel is closed");
-        return NULL;
-    }
-    char *base = ss_segment_enter(seg);
-    if (base == NULL)
-        return NULL;
-    Py_INCREF(seg);
-    *segp = seg;
-    return (ss_channel_header *)base;
-}
-
-static void
-channel_leave(SegmentObject *seg)
-{
-    ss_segment_leave(seg);
-    Py_DECREF(seg);
+    return (ss_channel_header *)ss_object_enter(self->state, self->seg, "channel is closed", segp);
 }
 
 static inline char *
@@ -621,7 +601,7 @@ channel_take(ChannelObject *self, take_req *req, int blocking, const ss_deadline
             break;
         }
     }
-    channel_leave(seg);
+    ss_object_leave(seg);
     return result;
 }
 
@@ -636,7 +616,7 @@ channel_put_entered(ChannelObject *self, const int *kinds, Py_buffer *parts,
     if (h == NULL)
         return -1;
     int r = channel_put(self, seg, h, kinds, parts, first, nrec, blocking, dl);
-    channel_leave(seg);
+    ss_object_leave(seg);
     return r;
 }
 
@@ -985,7 +965,7 @@ channel_wait_readable(ChannelObject *self, PyObject *timeout)
         return NULL;
     int w = ss_wait_until(seg, has_data, h, &h->data_event, &h->consumers_waiting, &dl,
                           &self->spin_get);
-    channel_leave(seg);
+    ss_object_leave(seg);
     if (w < 0)
         return NULL;
     return PyBool_FromLong(w);
@@ -1013,7 +993,7 @@ channel_wait_writable(ChannelObject *self, PyObject *const *args, Py_ssize_t nar
     space_ctx ctx = {self, h, record_size((uint64_t)nbytes)};
     int w = ss_wait_until(seg, has_space, &ctx, &h->space_event, &h->producers_waiting, &dl,
                           &self->spin_put);
-    channel_leave(seg);
+    ss_object_leave(seg);
     if (w < 0)
         return NULL;
     return PyBool_FromLong(w);

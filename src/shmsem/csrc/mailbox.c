@@ -22,36 +22,14 @@ typedef struct {
     PyObject *weakreflist;
 } MailboxObject;
 
-/* Start an operation (ss_segment_enter): the mapped header, with *segp set
- * to a new reference to the segment; mailbox_leave ends it, so that a
- * concurrent close can neither free nor unmap it meanwhile.  NULL with
- * ClosedError set. */
+/* Start an operation on the mapped header (ss_object_enter); NULL with
+ * ClosedError set when closed.  ss_object_leave ends it. */
 static ss_mailbox_header *
 mailbox_enter(MailboxObject *self, SegmentObject **segp)
 {
-    SegmentObject *seg = self->seg;
-    if (seg == NULL) {
-        ss_raise_closed(self->state, "mailbox is closed");
-        return NULL;
-    }
-    char *base = ss_segment_enter(seg);
-    if (base == NULL)
-        return NULL;
-    Py_INCREF(seg);
-    *segp = seg;
-    return (ss_mailbox_header *)base;
+    return (ss_mailbox_header *)ss_object_enter(self->state, self->seg, "mailbox is closed", segp);
 }
 
-static void
-mailbox_leave(SegmentObject *seg)
-{
-    if (seg != NULL) {
-        ss_segment_leave(seg);
-        Py_DECREF(seg);
-    }
-}
-
-/* The header for a read that never releases the GIL. */
 static ss_mailbox_header *
 mailbox_peek(MailboxObject *self)
 {
@@ -112,7 +90,8 @@ mailbox_publish(MailboxObject *self, PyObject *data)
     ss_wake_waiters(&h->event, &h->waiting);
     result = PyLong_FromUnsignedLongLong(seq);
 done:
-    mailbox_leave(seg);
+    if (seg != NULL)
+        ss_object_leave(seg);
     PyBuffer_Release(&view);
     return result;
 }
@@ -195,7 +174,7 @@ mailbox_read(MailboxObject *self, PyObject *unused)
     if (h == NULL)
         return NULL;
     PyObject *r = mailbox_read_value(self, seg, h);
-    mailbox_leave(seg);
+    ss_object_leave(seg);
     return r;
 }
 
@@ -243,7 +222,7 @@ mailbox_wait(MailboxObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         result = Py_NewRef(Py_None);
     else if (w > 0 && ss_segment_addr(seg) != NULL)
         result = mailbox_read_value(self, seg, h);
-    mailbox_leave(seg);
+    ss_object_leave(seg);
     return result;
 }
 

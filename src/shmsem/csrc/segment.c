@@ -53,6 +53,28 @@ ss_segment_leave(SegmentObject *seg)
         segment_unmap(seg);
 }
 
+char *
+ss_object_enter(ss_state *st, SegmentObject *seg, const char *closed_msg, SegmentObject **segp)
+{
+    if (seg == NULL) {
+        ss_raise_closed(st, closed_msg);
+        return NULL;
+    }
+    char *base = ss_segment_enter(seg);
+    if (base == NULL)
+        return NULL;
+    Py_INCREF(seg);
+    *segp = seg;
+    return base;
+}
+
+void
+ss_object_leave(SegmentObject *seg)
+{
+    ss_segment_leave(seg);
+    Py_DECREF(seg);
+}
+
 static PyObject *
 segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {

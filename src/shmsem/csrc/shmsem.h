@@ -235,6 +235,15 @@ ss_segment_enter(SegmentObject *seg)
 
 void ss_segment_leave(SegmentObject *seg);
 
+/* ss_segment_enter for an object (Channel, Mailbox) that holds a segment
+ * until it is closed: *segp gets a new reference to seg, so that a close by
+ * another thread while we wait with the GIL released frees neither the
+ * object nor the mapping.  seg NULL (closed) raises ClosedError with
+ * closed_msg.  Pair a success with ss_object_leave(*segp). */
+char *ss_object_enter(ss_state *st, SegmentObject *seg, const char *closed_msg,
+                      SegmentObject **segp);
+void ss_object_leave(SegmentObject *seg);
+
 /* memmove, with the GIL released when it is large.  The caller is inside an
  * operation (ss_segment_enter), which keeps the mapping meanwhile. */
 void ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n);
