@@ -56,23 +56,18 @@ def _set_stat(semid: int, known_key: Optional[int] = None) -> SemaphoreSetStat:
     )
 
 
-def _semmsl() -> int:
-    """The kernel's most members per set (1st field of kernel.sem)."""
-    try:
-        with open("/proc/sys/kernel/sem") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32000  # the kernel's default; semget itself has the last word
-
-
-def _check_values(count: int, values: Optional[Sequence[int]], default: int) -> list[int]:
+def _check_count(count: int) -> None:
     if not isinstance(count, int) or isinstance(count, bool):
         raise TypeError(f"count must be an int, not {type(count).__name__}")
     if count < 1:
         raise ValueError(f"a semaphore set needs at least 1 member, not {count}")
-    if count > _semmsl():  # before building a list of that length
+    if count > 2**31 - 1:  # semget takes an int; SEMMSL is far lower anyway
         raise from_errno(errno.EINVAL, "semget", detail=f"a set of {count} members")
-    vals = [default] * count if values is None else list(values)
+
+
+def _check_values(count: int, values: Sequence[int]) -> list[int]:
+    _check_count(count)
+    vals = list(values)
     if len(vals) != count:
         raise ValueError(f"{len(vals)} values given for a set of {count}")
     for v in vals:
@@ -83,15 +78,26 @@ def _check_values(count: int, values: Optional[Sequence[int]], default: int) -> 
     return vals
 
 
-def _create(key: int, count: int, values: list[int], mode: int, exclusive: bool) -> int:
-    """Create a set, set its values and mark it ready.  Raises ExistsError."""
+def _initial_values(count: int, values: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """Checked values for a new set; None for all zeros, so that nothing of
+    ``count`` length is built before the kernel has accepted the count."""
+    if values is None:
+        _check_count(count)
+        return None
+    return _check_values(count, values)
+
+
+def _create(key: int, count: int, values: Optional[list[int]], mode: int,
+            exclusive: bool) -> int:
+    """Create a set, set its values (None: all zero) and mark it ready.
+    Raises ExistsError."""
     flags = _core.IPC_CREAT | mode | (_core.IPC_EXCL if exclusive else 0)
     semid: int = _core.semget(key, count, flags)
     try:
-        if any(values):
+        if values is not None and any(values):
             _core.sem_setall(semid, values)
         # A net-zero semop on member 0 stamps sem_otime: the "ready" mark.
-        mark = [(0, -1), (0, 1)] if values[0] > 0 else [(0, 1), (0, -1)]
+        mark = [(0, -1), (0, 1)] if values and values[0] > 0 else [(0, 1), (0, -1)]
         _core.semop(semid, mark, blocking=False)
     except BaseException:
         _core.semctl(semid, 0, _core.IPC_RMID)
@@ -106,7 +112,7 @@ def _wait_ready(semid: int) -> None:
 
 
 def _create_or_open(
-    key: int, count: int, values: list[int], mode: int, trust: bool
+    key: int, count: int, values: Optional[list[int]], mode: int, trust: bool
 ) -> tuple[int, bool]:
     if key == IPC_PRIVATE:
         return _create(key, count, values, mode, exclusive=False), True
@@ -178,7 +184,7 @@ class SemaphoreSet:
         trust: bool = False,
     ) -> None:
         nkey = normalize_key(key)
-        vals = _check_values(count, values, 0)
+        vals = _initial_values(count, values)
         check_mode_arg(mode)
         semid, created = _create_or_open(nkey, count, vals, mode, trust)
         self._setup(nkey, semid, count, created)
@@ -189,7 +195,7 @@ class SemaphoreSet:
     ) -> "SemaphoreSet":
         """Create a new set (ExistsError if the key is taken)."""
         nkey = normalize_key(key)
-        vals = _check_values(count, values, 0)
+        vals = _initial_values(count, values)
         check_mode_arg(mode)
         self = cls.__new__(cls)
         self._setup(nkey, _create(nkey, count, vals, mode, exclusive=True), count, True)
@@ -268,7 +274,7 @@ class SemaphoreSet:
 
     @values.setter
     def values(self, values: Sequence[int]) -> None:
-        _core.sem_setall(self.id, _check_values(self._nsems, values, 0), self.key)
+        _core.sem_setall(self.id, _check_values(self._nsems, values), self.key)
 
     def stat(self) -> SemaphoreSetStat:
         """IPC_STAT of the set."""
@@ -304,7 +310,7 @@ class Semaphore(_core.SemBase):
         trust: bool = False,
     ) -> None:
         nkey = normalize_key(key)
-        vals = _check_values(1, [value], 0)
+        vals = _check_values(1, [value])
         check_mode_arg(mode)
         semid, self.created = _create_or_open(nkey, 1, vals, mode, trust)
         self._bind(semid, 0, nkey, undo)
@@ -315,7 +321,7 @@ class Semaphore(_core.SemBase):
     ) -> "Semaphore":
         """Create a new 1-member set with ``value`` (ExistsError if taken)."""
         nkey = normalize_key(key)
-        vals = _check_values(1, [value], 0)
+        vals = _check_values(1, [value])
         check_mode_arg(mode)
         self = cls.__new__(cls)
         self._bind(_create(nkey, 1, vals, mode, exclusive=True), 0, nkey, undo)
@@ -357,7 +363,7 @@ class Semaphore(_core.SemBase):
 
     @value.setter
     def value(self, value: int) -> None:
-        _core.semctl(self.id, self.num, _core.SETVAL, _check_values(1, [value], 0)[0], self.key)
+        _core.semctl(self.id, self.num, _core.SETVAL, _check_values(1, [value])[0], self.key)
 
     def wait_zero(self, timeout: Optional[float] = None) -> bool:
         """Wait until the value is 0.  Returns False if the timeout expires."""
