@@ -206,17 +206,19 @@ ring_of(ss_channel_header *h)
     return (char *)h + SS_CHANNEL_HEADER_SIZE;
 }
 
+/* The producer copies with the GIL released as a whole when the records
+ * together are large (see channel_put), so this one never releases it. */
 static void
-ring_write(ChannelObject *self, SegmentObject *seg, char *ring, uint64_t pos, const void *src,
-           uint64_t n)
+ring_write(ChannelObject *self, char *ring, uint64_t pos, const void *src, uint64_t n)
 {
     uint64_t p = pos % self->capacity;
     uint64_t first = self->capacity - p;
     if (first > n)
         first = n;
-    ss_copy(seg, ring + p, src, first);
+    /* memmove: src may be a view of this very segment. */
+    memmove(ring + p, src, first);
     if (n > first)
-        ss_copy(seg, ring, (const char *)src + first, n - first);
+        memmove(ring, (const char *)src + first, n - first);
 }
 
 static void
@@ -355,6 +357,9 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
         if (self->capacity - (t - hd) >= need) {
             char *ring = ring_of(h);
             uint64_t pos = t;
+            /* Only C memory is touched until the commit: the views are held
+             * and the operation keeps the mapping. */
+            PyThreadState *ts = need >= SS_NOGIL_COPY_THRESHOLD ? PyEval_SaveThread() : NULL;
             if (may_rewind && hd == t) {
                 /* The ring is empty and a large record would start deep in
                  * it: pad to the end so that it starts at offset 0 instead.
@@ -362,7 +367,7 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
                  * ring, which stay in cache, whatever its capacity. */
                 uint64_t pad = self->capacity - at;
                 uint32_t ph[2] = {(uint32_t)(pad - SS_RECORD_HEADER), SS_KIND_PAD};
-                ring_write(self, seg, ring, pos, ph, sizeof ph);
+                ring_write(self, ring, pos, ph, sizeof ph);
                 pos += pad;
             }
             for (Py_ssize_t r = 0; r < nrec; r++) {
@@ -370,14 +375,16 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
                 for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
                     len += (uint64_t)parts[i].len;
                 uint32_t rh[2] = {(uint32_t)len, (uint32_t)kinds[r]};
-                ring_write(self, seg, ring, pos, rh, sizeof rh);
+                ring_write(self, ring, pos, rh, sizeof rh);
                 uint64_t at = pos + SS_RECORD_HEADER;
                 for (Py_ssize_t i = first[r]; i < first[r + 1]; i++) {
-                    ring_write(self, seg, ring, at, parts[i].buf, (uint64_t)parts[i].len);
+                    ring_write(self, ring, at, parts[i].buf, (uint64_t)parts[i].len);
                     at += (uint64_t)parts[i].len;
                 }
                 pos += record_size(len);
             }
+            if (ts != NULL)
+                PyEval_RestoreThread(ts);
             /* Commit: the release store makes the bytes visible before tail. */
             atomic_store_explicit(&h->tail, pos, memory_order_release);
             atomic_store_explicit(&h->put_count,
@@ -1084,8 +1091,10 @@ channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "segment must be a shmsem._core.Segment");
         return NULL;
     }
-    if (self->seg != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "channel is already attached");
+    /* Once only: an operation of another thread may still use the private
+     * capacity of a detached mapping. */
+    if (self->seg != NULL || self->capacity != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a channel object attaches once");
         return NULL;
     }
     SegmentObject *seg = (SegmentObject *)segobj;

@@ -78,6 +78,19 @@ key_object(key_t key)
     return PyLong_FromLong((long)key);
 }
 
+/* Raise for a failed shmget/semget/msgget, naming the key.  err is read by
+ * the caller before anything here can change errno. */
+static PyObject *
+raise_for_key(ss_state *st, int err, const char *syscall, key_t key)
+{
+    PyObject *k = key_object(key);
+    if (k == NULL)
+        return NULL;
+    ss_raise(st, "os", err, syscall, k, -1, NULL);
+    Py_DECREF(k);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Shared memory. */
 
@@ -93,11 +106,7 @@ ipc_shmget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int id = shmget(key, (size_t)size, flags);
     if (id < 0) {
-        int err = errno; /* before allocating the key object */
-        PyObject *k = key_object(key);
-        ss_raise(st, "os", err, "shmget", k, -1, NULL);
-        Py_XDECREF(k);
-        return NULL;
+        return raise_for_key(st, errno, "shmget", key);
     }
     return PyLong_FromLong(id);
 }
@@ -171,11 +180,7 @@ ipc_semget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     int id = semget(key, nsems, flags);
     if (id < 0) {
-        int err = errno; /* before allocating the key object */
-        PyObject *k = key_object(key);
-        ss_raise(st, "os", err, "semget", k, -1, NULL);
-        Py_XDECREF(k);
-        return NULL;
+        return raise_for_key(st, errno, "semget", key);
     }
     return PyLong_FromLong(id);
 }
@@ -495,11 +500,7 @@ ipc_msgget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int id = msgget(key, flags);
     if (id < 0) {
-        int err = errno; /* before allocating the key object */
-        PyObject *k = key_object(key);
-        ss_raise(st, "os", err, "msgget", k, -1, NULL);
-        Py_XDECREF(k);
-        return NULL;
+        return raise_for_key(st, errno, "msgget", key);
     }
     return PyLong_FromLong(id);
 }
@@ -647,7 +648,14 @@ ipc_msgsnd(PyObject *module, PyObject *args, PyObject *kwds)
         goto done;
     }
     memcpy(buf, &type, sizeof(long));
-    memcpy(buf + sizeof(long), data.buf, (size_t)data.len);
+    if ((size_t)data.len >= SS_NOGIL_COPY_THRESHOLD) {
+        /* buf is private and the view is held: no Python state is touched. */
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(buf + sizeof(long), data.buf, (size_t)data.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(buf + sizeof(long), data.buf, (size_t)data.len);
+    }
     msg_ctx ctx = {id, buf, (size_t)data.len, type, st, key};
     int async_err, send_err = 0;
     ssize_t rc = msg_call(attempt_send, check_fits_queue, &ctx, blocking, &dl, EAGAIN, &async_err);
@@ -715,7 +723,7 @@ ipc_msgrcv(PyObject *module, PyObject *args, PyObject *kwds)
             result = Py_BuildValue("(y#l)", buf + sizeof(long), (Py_ssize_t)rc, mtype);
         } else if (async_err) {
             ;
-        } else if (errno == ENOMSG || errno == EAGAIN) {
+        } else if (errno == ENOMSG) { /* msg_call reports "would block" as ENOMSG */
             result = Py_NewRef(Py_None);
         } else {
             ss_raise_errno(st, "msgrcv", key, id);
@@ -818,10 +826,10 @@ ipc_ftok(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int err = errno;
         PyObject *detail = PyUnicode_FromFormat("path %R", args[0]);
         Py_DECREF(path);
-        if (detail == NULL)
-            return NULL;
-        ss_raise(st, "os", err, "ftok", NULL, -1, PyUnicode_AsUTF8(detail));
-        Py_DECREF(detail);
+        const char *text = detail ? PyUnicode_AsUTF8(detail) : NULL;
+        if (text != NULL)
+            ss_raise(st, "os", err, "ftok", NULL, -1, text);
+        Py_XDECREF(detail);
         return NULL;
     }
     Py_DECREF(path);

@@ -276,8 +276,10 @@ mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "segment must be a shmsem._core.Segment");
         return NULL;
     }
-    if (self->seg != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "mailbox is already attached");
+    /* Once only: an operation of another thread may still use the private
+     * capacity and stride of a detached mapping. */
+    if (self->seg != NULL || self->stride != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a mailbox object attaches once");
         return NULL;
     }
     SegmentObject *seg = (SegmentObject *)segobj;
