@@ -1090,6 +1090,21 @@ def test_unknown_kind_is_format_error_for_get(make, raw) -> None:
 # Lifetime
 
 
+@pytest.mark.parametrize("cls", [Channel, Mailbox])
+def test_a_closed_object_never_attaches_another_segment(cls) -> None:
+    """The C object keeps private copies of the capacity (and the Mailbox's
+    stride) that a thread still inside an operation may use: re-attaching a
+    closed object to another segment must be refused."""
+    a, b = cls.create(None, 256), cls.create(None, 4096)
+    try:
+        a.close()
+        with pytest.raises(RuntimeError, match="attaches once"):
+            a._attach(shmsem._core.Segment(b.id))
+        assert a.closed
+    finally:
+        b.close()
+
+
 def test_use_after_close_is_closed_error() -> None:
     ch = Channel.create(None, 256)
     ch.close()
