@@ -1012,11 +1012,7 @@ channel_wait_writable(ChannelObject *self, PyObject *const *args, Py_ssize_t nar
 static ss_channel_header *
 channel_peek(ChannelObject *self)
 {
-    if (self->seg == NULL) {
-        ss_raise_closed(self->state, "channel is closed");
-        return NULL;
-    }
-    return (ss_channel_header *)ss_segment_addr(self->seg);
+    return (ss_channel_header *)ss_object_peek(self->state, self->seg, "channel is closed");
 }
 
 static PyObject *

@@ -33,11 +33,7 @@ mailbox_enter(MailboxObject *self, SegmentObject **segp)
 static ss_mailbox_header *
 mailbox_peek(MailboxObject *self)
 {
-    if (self->seg == NULL) {
-        ss_raise_closed(self->state, "mailbox is closed");
-        return NULL;
-    }
-    return (ss_mailbox_header *)ss_segment_addr(self->seg);
+    return (ss_mailbox_header *)ss_object_peek(self->state, self->seg, "mailbox is closed");
 }
 
 static inline ss_mailbox_cell *

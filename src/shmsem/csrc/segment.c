@@ -75,6 +75,16 @@ ss_object_leave(SegmentObject *seg)
     Py_DECREF(seg);
 }
 
+char *
+ss_object_peek(ss_state *st, SegmentObject *seg, const char *closed_msg)
+{
+    if (seg == NULL) {
+        ss_raise_closed(st, closed_msg);
+        return NULL;
+    }
+    return ss_segment_addr(seg);
+}
+
 static PyObject *
 segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {

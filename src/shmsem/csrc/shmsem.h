@@ -244,6 +244,11 @@ char *ss_object_enter(ss_state *st, SegmentObject *seg, const char *closed_msg,
                       SegmentObject **segp);
 void ss_object_leave(SegmentObject *seg);
 
+/* The mapping of such an object for a read that never releases the GIL (no
+ * operation, no reference needed).  NULL with ClosedError set (closed_msg)
+ * or with the segment's own error (detached). */
+char *ss_object_peek(ss_state *st, SegmentObject *seg, const char *closed_msg);
+
 /* memmove, with the GIL released when it is large.  The caller is inside an
  * operation (ss_segment_enter), which keeps the mapping meanwhile. */
 void ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n);
