@@ -295,6 +295,11 @@ static PyMethodDef module_methods[] = {
      "into an exception.  Called once by shmsem.errors at import."},
     {"monotonic_ns", monotonic_ns, METH_NOARGS,
      "monotonic_ns()\n--\n\nCLOCK_MONOTONIC in nanoseconds, the clock every timeout uses."},
+    {"_lock_pair_ns", ss_lock_pair_ns, METH_VARARGS,
+     "_lock_pair_ns(n, kind=0, /)\n--\n\n"
+     "Mean nanoseconds of n uncontended lock/unlock pairs (GIL held): kind 0 is\n"
+     "the process lock of Channel and Mailbox, kind 1 glibc's robust\n"
+     "process-shared pthread mutex.  For benchmarks/lock.py."},
     {NULL, NULL, 0, NULL},
 };
 

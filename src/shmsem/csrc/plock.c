@@ -265,3 +265,45 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
     PyEval_RestoreThread(ts);
     return result;
 }
+
+/* _lock_pair_ns(n, kind): the mean cost in nanoseconds of n uncontended
+ * lock/unlock pairs, with the GIL held throughout.  kind 0 is this file's
+ * process lock; kind 1 is glibc's robust process-shared pthread mutex, the
+ * reference it is compared with.  For benchmarks/lock.py. */
+PyObject *
+ss_lock_pair_ns(PyObject *module, PyObject *args)
+{
+    long n, kind = 0;
+    if (!PyArg_ParseTuple(args, "l|l:_lock_pair_ns", &n, &kind))
+        return NULL;
+    if (n <= 0 || kind < 0 || kind > 1) {
+        PyErr_SetString(PyExc_ValueError, "n must be positive and kind 0 or 1");
+        return NULL;
+    }
+    static ss_plock lock __attribute__((aligned(64)));
+    static pthread_mutex_t mutex;
+    static int mutex_ready;
+    if (kind == 1 && !mutex_ready) {
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+        pthread_mutex_init(&mutex, &a);
+        pthread_mutexattr_destroy(&a);
+        mutex_ready = 1;
+    }
+    int64_t start = ss_now_ns();
+    for (long i = 0; i < n; i++) {
+        if (kind == 1) {
+            pthread_mutex_lock(&mutex);
+            pthread_mutex_unlock(&mutex);
+            continue;
+        }
+        if (ss_plock_try(&lock) != SS_LOCK_OK) {
+            PyErr_SetString(PyExc_RuntimeError, "the benchmark lock is held");
+            return NULL;
+        }
+        ss_plock_release(&lock);
+    }
+    return PyFloat_FromDouble((double)(ss_now_ns() - start) / (double)n);
+}

@@ -278,6 +278,7 @@ int ss_plock_try(ss_plock *lk);
 int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg);
 void ss_plock_release(ss_plock *lk);
 int ss_pid_alive(uint64_t ident);
+PyObject *ss_lock_pair_ns(PyObject *module, PyObject *arg);
 
 /* ------------------------------------------------------------------------ */
 /* Type specs, defined in their own files. */
