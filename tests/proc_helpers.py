@@ -120,31 +120,10 @@ def sigint_rounds(c: Any, rounds: int, seed: int = 475) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Lock identities, computed from docs/protocol.md section 2 (independently of
-# the C core): pid | (start time & 0xffffff) << 32 | PID-namespace tag << 56.
+# Lock words (docs/protocol.md section 2): robust futexes.  0 is free;
+# otherwise the holder's thread id (as its own PID namespace numbers it),
+# with these two bits.
 
-
-def ns_tag(pid: int | str = "self") -> int:
-    """The PID-namespace tag of pid's namespace: its inode folded to a byte, never 0."""
-    x = os.stat(f"/proc/{pid}/ns/pid").st_ino
-    x ^= x >> 32
-    x ^= x >> 16
-    x ^= x >> 8
-    return (x & 0xFF) | 1
-
-
-def proc_stat(pid: int) -> tuple[str, int]:
-    """(state letter, start time in clock ticks) from /proc/<pid>/stat."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[22 - 3])  # state is field 3, starttime field 22
-
-
-def lock_identity(pid: int, start: int | None = None, tag: int | None = None) -> int:
-    """The owner word of pid: by default with its own start time, and with
-    the tag of our namespace (pid may be dead, or made up)."""
-    if start is None:
-        start = proc_stat(pid)[1]
-    if tag is None:
-        tag = ns_tag()
-    return pid | (start & 0xFFFFFF) << 32 | tag << 56
+FUTEX_WAITERS = 0x80000000
+FUTEX_OWNER_DIED = 0x40000000
+FUTEX_TID_MASK = 0x3FFFFFFF

@@ -30,11 +30,13 @@ import pytest
 
 import shmsem
 from shmsem import Channel, ClosedError, FormatError, Mailbox, SharedMemory
+from shmsem._core import CHANNEL_OFFSETS
 
-# Offsets from docs/protocol.md, section 3.1.
+# Offsets of docs/protocol.md, section 3.1 (the header fields from the C
+# structs; tests/protocol checks them against the document).
 OFF_MAGIC, OFF_VERSION, OFF_HEADER_SIZE, OFF_CAPACITY = 0, 8, 12, 16
-OFF_PROD_LOCK, OFF_TAIL, OFF_PUT_COUNT = 64, 80, 88
-OFF_CONS_LOCK, OFF_HEAD, OFF_GET_COUNT = 128, 144, 152
+OFF_PROD_LOCK, OFF_TAIL, OFF_PUT_COUNT = (CHANNEL_OFFSETS[k] for k in ("producer_lock", "tail", "put_count"))
+OFF_CONS_LOCK, OFF_HEAD, OFF_GET_COUNT = (CHANNEL_OFFSETS[k] for k in ("consumer_lock", "head", "get_count"))
 RING = 256
 
 WAIT = 10.0  # an upper bound on any wait in this file, never an expectation
@@ -621,7 +623,7 @@ def test_header_layout(make, raw) -> None:
     shm = raw(ch)
     assert shm.read_at(OFF_MAGIC, 8) == b"SHMSEMCH"
     version, header_size, capacity, stride, pid = struct.unpack("<IIQQI", shm.read_at(8, 28))
-    assert (version, header_size, capacity, stride, pid) == (1, 256, 1000, 0, os.getpid())
+    assert (version, header_size, capacity, stride, pid) == (2, 256, 1000, 0, os.getpid())
     assert shm.read_at(36, 28) == bytes(28)  # reserved
     assert shm.size == 256 + 1000
 
@@ -931,7 +933,7 @@ def test_mailbox_is_not_a_channel_and_back() -> None:
     [
         (OFF_MAGIC, struct.pack("<Q", 0x424D4D45534D4853)),  # a Mailbox's magic
         (OFF_MAGIC, b"SHMSEMCX"),
-        (OFF_VERSION, struct.pack("<I", 2)),
+        (OFF_VERSION, struct.pack("<I", 1)),  # the robust-lock protocol is version 2
         (OFF_VERSION, struct.pack("<I", 0)),
         (OFF_HEADER_SIZE, struct.pack("<I", 128)),
         (OFF_CAPACITY, struct.pack("<Q", 1024 + 8)),  # larger than the segment
@@ -941,7 +943,7 @@ def test_mailbox_is_not_a_channel_and_back() -> None:
         (OFF_CAPACITY, struct.pack("<Q", 8)),  # below 16
         (OFF_CAPACITY, struct.pack("<Q", 0)),
     ],
-    ids=["mailbox-magic", "bad-magic", "version2", "version0", "header-size",
+    ids=["mailbox-magic", "bad-magic", "version1", "version0", "header-size",
          "cap-too-big", "cap-2^63", "cap-huge", "cap-unaligned", "cap-8", "cap-0"],
 )
 def test_open_with_corrupt_header_is_format_error(offset, value) -> None:
@@ -954,6 +956,15 @@ def test_open_with_corrupt_header_is_format_error(offset, value) -> None:
         assert ch.capacity == 1024
         ch.put_bytes(b"still")
         assert ch.get_bytes() == b"still"
+
+
+def test_a_version_1_segment_says_which_version_it_found(make, raw) -> None:
+    """A segment of shmsem before the robust locks (protocol version 1) is
+    refused with a FormatError naming version 1, never half-understood."""
+    ch = make(1024)
+    raw(ch).write_at(OFF_VERSION, struct.pack("<I", 1))
+    with pytest.raises(FormatError, match=r"version 1 is not supported \(this is 2\)"):
+        Channel.from_id(ch.id)
 
 
 def test_scribbled_capacity_does_not_widen_an_open_handle(make, raw) -> None:

@@ -24,16 +24,17 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from proc_helpers import IMPORT_LINE
+from proc_helpers import FUTEX_OWNER_DIED, IMPORT_LINE
 
 import shmsem
 from shmsem import Channel, ClosedError, FormatError, Mailbox, SharedMemory
+from shmsem._core import MAILBOX_OFFSETS
 
 WAIT = 20.0
 
 # docs/protocol.md, section 4.1
 OFF_MAGIC, OFF_VERSION, OFF_HEADER_SIZE, OFF_CAPACITY, OFF_STRIDE = 0, 8, 12, 16, 24
-OFF_LOCK, OFF_STATE = 64, 80
+OFF_LOCK, OFF_STATE = MAILBOX_OFFSETS["writer_lock"], MAILBOX_OFFSETS["state"]
 CELLS = 128
 CELL_LOCK_SEQ, CELL_SEQ, CELL_LENGTH, CELL_VALUE = 0, 8, 16, 64
 
@@ -208,7 +209,7 @@ def test_header_layout(make, raw) -> None:
     shm = raw(mb)
     assert shm.read_at(OFF_MAGIC, 8) == b"SHMSEMMB"
     version, header_size, capacity, stride, pid = struct.unpack("<IIQQI", shm.read_at(8, 28))
-    assert (version, header_size, capacity, stride, pid) == (1, 128, 1000, stride_for(1000),
+    assert (version, header_size, capacity, stride, pid) == (2, 128, 1000, stride_for(1000),
                                                              os.getpid())
     assert shm.size == 128 + 2 * stride_for(1000)
 
@@ -279,7 +280,8 @@ def test_channel_is_not_a_mailbox() -> None:
     "offset, value",
     [
         (OFF_MAGIC, b"SHMSEMCH"),
-        (OFF_VERSION, struct.pack("<I", 2)),
+        (OFF_VERSION, struct.pack("<I", 1)),  # the robust-lock protocol is version 2
+        (OFF_VERSION, struct.pack("<I", 3)),
         (OFF_HEADER_SIZE, struct.pack("<I", 256)),
         (OFF_STRIDE, struct.pack("<Q", stride_for(1000) + 8)),  # not a multiple of 64
         (OFF_STRIDE, struct.pack("<Q", 0)),
@@ -288,7 +290,7 @@ def test_channel_is_not_a_mailbox() -> None:
         (OFF_CAPACITY, struct.pack("<Q", stride_for(1000) - 63)),  # larger than a cell
         (OFF_CAPACITY, struct.pack("<Q", 2**64 - 1)),
     ],
-    ids=["magic", "version", "header-size", "stride-unaligned", "stride-0", "stride-too-big",
+    ids=["magic", "version1", "version3", "header-size", "stride-unaligned", "stride-0", "stride-too-big",
          "stride-huge", "cap-too-big", "cap-huge"],
 )
 def test_corrupt_header_is_format_error(offset, value) -> None:
@@ -386,18 +388,12 @@ def test_writer_died_mid_publish_leaves_the_last_value(make, raw) -> None:
 
 
 def test_dead_writer_lock_is_recovered(make, raw) -> None:
-    import subprocess
-
+    """The word the kernel leaves when the writer dies holding the lock
+    (docs/protocol.md section 2): the next publish takes it over."""
     mb = make(100)
     shm = raw(mb)
-    p = subprocess.Popen(["true"])
-    p.wait(WAIT)
-    x = os.stat("/proc/self/ns/pid").st_ino
-    x ^= x >> 32
-    x ^= x >> 16
-    x ^= x >> 8
-    put_u64(shm, OFF_LOCK, p.pid | 1 << 32 | ((x & 0xFF) | 1) << 56)
-    assert mb.stats()["writer_lock_pid"] == p.pid
+    shm.write_at(OFF_LOCK, struct.pack("<I", FUTEX_OWNER_DIED))
+    assert mb.stats()["writer_lock_pid"] == 0
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(mb.publish(b"after")), daemon=True)
     t.start()
@@ -665,14 +661,18 @@ def test_writers_killed_mid_publish(make, child) -> None:
     assert seq >= kills and check_value(seq, value) is None
     # A new writer, in a new process: must take the dead writer's lock over.
     newcomer = child(mb_code(mb.id, """
+        before = mb.stats()["recoveries"]
         seq = mb.publish(make_value(mb.seq + 1, b"newcomer"))
-        print(seq, mb.stats()["recoveries"], flush=True)
+        print(seq, mb.stats()["recoveries"] - before, flush=True)
     """))
     got, recoveries = map(int, newcomer.readline(timeout=WAIT).split())
     assert newcomer.wait() == 0
     assert got == seq + 1
-    if int(line[2]):  # the last writer died holding the lock: the newcomer took it
-        assert recoveries == 1
+    # The last writer died holding the lock: the newcomer took it over.
+    assert recoveries == int(line[2])
+    # Every writer killed in the lock was taken over exactly once (the
+    # counter lives in the segment, shared by every process).
+    assert mb.stats()["recoveries"] == int(line[1])
     assert mb.read() == (got, make_value(got, b"newcomer"))
     assert mb.stats()["writer_lock_pid"] == 0
 

@@ -128,6 +128,7 @@ def _header_record(h: Optional[ShmsemHeader]) -> Optional[JsonDict]:
         "current_cell": h.current_cell,
         "readers_waiting": h.readers_waiting,
         "writer_lock_pid": h.writer_lock_pid,
+        "recoveries": h.recoveries,
         "creator_pid": h.creator_pid,
         "problem": h.problem,
     }
@@ -384,8 +385,10 @@ def _yes(b: Optional[bool]) -> str:
     return "?" if b is None else ("yes" if b else "no")
 
 
-def _lock(pid: Optional[int]) -> str:
-    return "free" if not pid else f"held by pid {pid}"
+def _lock(tid: Optional[int]) -> str:
+    # The lock word holds a thread id as the holder's own PID namespace
+    # numbers it: for a single-threaded holder in our namespace, its pid.
+    return "free" if not tid else f"held by thread {tid}"
 
 
 def _pid_state(pid: int) -> str:
@@ -475,7 +478,8 @@ def header_fields(h: ShmsemHeader) -> list[tuple[str, str]]:
             ("waiters", f"consumers {_yes(h.consumers_waiting)}, "
                         f"producers {_yes(h.producers_waiting)}"),
             ("locks", f"producer {_lock(h.producer_lock_pid)}, "
-                      f"consumer {_lock(h.consumer_lock_pid)}"),
+                      f"consumer {_lock(h.consumer_lock_pid)}; "
+                      f"{h.recoveries} taken over from dead holders"),
         ]
     used = "?" if h.used is None else f"{h.used} bytes ({fill * 100:.1f}%)"
     return [
@@ -484,7 +488,8 @@ def header_fields(h: ShmsemHeader) -> list[tuple[str, str]]:
         ("messages", f"{h.messages} published"),
         ("last seq", str(h.last_seq)),
         ("waiters", f"readers {_yes(h.readers_waiting)}"),
-        ("locks", f"writer {_lock(h.writer_lock_pid)}"),
+        ("locks", f"writer {_lock(h.writer_lock_pid)}; "
+                  f"{h.recoveries} taken over from dead holders"),
     ]
 
 

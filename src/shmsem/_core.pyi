@@ -136,6 +136,9 @@ MAILBOX_MAGIC: int
 MAILBOX_HEADER_SIZE: int
 MAILBOX_CELL_HEADER_SIZE: int
 LAYOUT_VERSION: int
+CHANNEL_OFFSETS: dict[str, int]
+MAILBOX_OFFSETS: dict[str, int]
+LOCK_OFFSETS: dict[str, int]
 
 def mailbox_segment_size(capacity: int, /) -> int: ...
 

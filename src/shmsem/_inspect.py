@@ -15,6 +15,7 @@ import dataclasses
 import struct
 from typing import Optional
 
+from . import _core
 from .errors import ShmsemError
 from .shm import SharedMemory
 
@@ -23,9 +24,15 @@ __all__ = ["ShmsemHeader", "FrameInfo", "Peek", "parse_header", "parse_frame", "
 # The magics as docs/protocol.md gives them: 8 ASCII bytes at offset 0.
 CHANNEL_MAGIC = b"SHMSEMCH"
 MAILBOX_MAGIC = b"SHMSEMMB"
-CHANNEL_HEADER = 256
-MAILBOX_HEADER = 128
-CELL_HEADER = 64
+CHANNEL_HEADER = _core.CHANNEL_HEADER_SIZE
+MAILBOX_HEADER = _core.MAILBOX_HEADER_SIZE
+CELL_HEADER = _core.MAILBOX_CELL_HEADER_SIZE
+VERSION = _core.LAYOUT_VERSION
+# Field offsets, from the C structs (one source of truth).
+_CH = _core.CHANNEL_OFFSETS
+_MB = _core.MAILBOX_OFFSETS
+_LOCK_WORD = _core.LOCK_OFFSETS["word"]
+_LOCK_RECOVERIES = _core.LOCK_OFFSETS["recoveries"]
 #: The smallest segment that can hold either format (a Mailbox with 2 empty cells).
 MIN_SHMSEM_SIZE = MAILBOX_HEADER + 2 * CELL_HEADER
 #: How much of a frame's payload `show` and `watch` read.
@@ -68,6 +75,8 @@ class ShmsemHeader:
     current_cell: Optional[int] = None
     readers_waiting: Optional[bool] = None
     writer_lock_pid: Optional[int] = None
+    #: locks taken over from holders that died, ever (both kinds)
+    recoveries: Optional[int] = None
 
     @property
     def fill(self) -> Optional[float]:
@@ -100,8 +109,15 @@ class Peek:
     error: Optional[str]
 
 
-def _lock_pid(owner: int) -> int:
-    return owner & 0xFFFFFFFF
+def _lock_holder(head: bytes, lock: int) -> int:
+    """The lock holder's thread id, as its own PID namespace numbers it (0: free)."""
+    word: int = _U32.unpack_from(head, lock + _LOCK_WORD)[0]
+    return word & 0x3FFFFFFF  # FUTEX_TID_MASK
+
+
+def _lock_recoveries(head: bytes, lock: int) -> int:
+    n: int = _U64.unpack_from(head, lock + _LOCK_RECOVERIES)[0]
+    return n
 
 
 def parse_header(
@@ -127,8 +143,8 @@ def _channel(
     head: bytes, size: int, version: int, header_size: int, capacity: int, creator: int
 ) -> ShmsemHeader:
     problem = None
-    if version != 1:
-        problem = f"version {version}, this shmsem reads version 1"
+    if version != VERSION:
+        problem = f"version {version}, this shmsem reads version {VERSION}"
     elif header_size != CHANNEL_HEADER:
         problem = f"header_size {header_size}, expected {CHANNEL_HEADER}"
     elif capacity < 16 or capacity % 8 or CHANNEL_HEADER + capacity > size:
@@ -137,9 +153,12 @@ def _channel(
         problem = "header truncated"
     if problem is not None:
         return ShmsemHeader("channel", version, capacity, creator, problem=problem)
-    tail, put_count = struct.unpack_from("<QQ", head, 80)
-    hd, get_count = struct.unpack_from("<QQ", head, 144)
-    consumers_waiting, producers_waiting = struct.unpack_from("<II", head, 192)
+    tail = _U64.unpack_from(head, _CH["tail"])[0]
+    put_count = _U64.unpack_from(head, _CH["put_count"])[0]
+    hd = _U64.unpack_from(head, _CH["head"])[0]
+    get_count = _U64.unpack_from(head, _CH["get_count"])[0]
+    consumers_waiting = _U32.unpack_from(head, _CH["consumers_waiting"])[0]
+    producers_waiting = _U32.unpack_from(head, _CH["producers_waiting"])[0]
     used = tail - hd
     if tail < hd or used > capacity or tail % 8 or hd % 8:
         return ShmsemHeader(
@@ -151,17 +170,19 @@ def _channel(
         "channel", version, capacity, creator, used=used, messages=messages,
         last_seq=put_count, put_count=put_count, get_count=get_count,
         consumers_waiting=bool(consumers_waiting), producers_waiting=bool(producers_waiting),
-        producer_lock_pid=_lock_pid(_U64.unpack_from(head, 64)[0]),
-        consumer_lock_pid=_lock_pid(_U64.unpack_from(head, 128)[0]),
+        producer_lock_pid=_lock_holder(head, _CH["producer_lock"]),
+        consumer_lock_pid=_lock_holder(head, _CH["consumer_lock"]),
+        recoveries=_lock_recoveries(head, _CH["producer_lock"])
+        + _lock_recoveries(head, _CH["consumer_lock"]),
     )
 
 
 def mailbox_cell_offset(head: bytes) -> Optional[int]:
     """Offset of the current cell of a Mailbox header (unchecked), or None."""
-    if len(head) < 88:
+    if len(head) < _MB["state"] + 8:
         return None
     stride: int = _U64.unpack_from(head, 24)[0]
-    state: int = _U64.unpack_from(head, 80)[0]
+    state: int = _U64.unpack_from(head, _MB["state"])[0]
     return MAILBOX_HEADER + (state & 1) * stride
 
 
@@ -170,8 +191,8 @@ def _mailbox(
     creator: int, cell: Optional[bytes],
 ) -> ShmsemHeader:
     problem = None
-    if version != 1:
-        problem = f"version {version}, this shmsem reads version 1"
+    if version != VERSION:
+        problem = f"version {version}, this shmsem reads version {VERSION}"
     elif header_size != MAILBOX_HEADER:
         problem = f"header_size {header_size}, expected {MAILBOX_HEADER}"
     elif stride % 64 or stride < 64 or capacity > stride - 64:
@@ -183,8 +204,8 @@ def _mailbox(
     if problem is not None:
         return ShmsemHeader("mailbox", version, capacity, creator, problem=problem,
                             cell_stride=stride)
-    state = _U64.unpack_from(head, 80)[0]
-    waiting = _U32.unpack_from(head, 92)[0]
+    state = _U64.unpack_from(head, _MB["state"])[0]
+    waiting = _U32.unpack_from(head, _MB["waiting"])[0]
     seq = state >> 1
     length: Optional[int] = None
     if seq == 0:
@@ -195,7 +216,8 @@ def _mailbox(
     return ShmsemHeader(
         "mailbox", version, capacity, creator, used=length, messages=seq, last_seq=seq,
         cell_stride=stride, current_cell=state & 1, readers_waiting=bool(waiting),
-        writer_lock_pid=_lock_pid(_U64.unpack_from(head, 64)[0]),
+        writer_lock_pid=_lock_holder(head, _MB["writer_lock"]),
+        recoveries=_lock_recoveries(head, _MB["writer_lock"]),
     )
 
 

@@ -62,10 +62,11 @@ class ChannelStats:
     #: a consumer (producer) sleeps waiting for data (room)
     consumers_waiting: bool
     producers_waiting: bool
-    #: pid holding the producer (consumer) lock, 0 if free
+    #: thread id holding the producer (consumer) lock, as the holder's own
+    #: PID namespace numbers it (the pid of a single-threaded process); 0 if free
     producer_lock_pid: int
     consumer_lock_pid: int
-    #: locks this handle took over from dead processes
+    #: locks taken over from holders that died, by any process, ever
     recoveries: int
 
 

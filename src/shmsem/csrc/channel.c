@@ -8,7 +8,7 @@
  * (consumers).  A message becomes visible only when tail moves past it, so a
  * producer killed mid-copy leaves nothing behind; a consumer killed mid-copy
  * has not moved head, so the message stays for the next consumer.  Both locks
- * are taken over when their holder dies (plock.c).
+ * are robust futexes, which the kernel frees when their holder dies (plock.c).
  *
  * Rules that keep this safe against a hostile or crashed peer:
  *  - the capacity used for every bound is this handle's private copy, checked
@@ -180,7 +180,6 @@ typedef struct {
     uint64_t cached_tail;
     ss_spin spin_get;
     ss_spin spin_put;
-    uint64_t recoveries;        /* locks taken over from dead holders */
     PyObject *weakreflist;
 } ChannelObject;
 
@@ -238,27 +237,27 @@ ring_read(ChannelObject *self, SegmentObject *seg, const char *ring, uint64_t po
  * (see channel_put); smaller ones stay in cache wherever they are. */
 #define REWIND_MIN_BYTES (64 * 1024)
 
-/* Even a non-blocking call waits this long for a lock: a peer holds it only
- * while copying, so "locked" must not be reported as "full" or "empty". */
+/* Every call, a non-blocking one or one with a zero or tiny timeout
+ * included, waits at least this long for a lock: a peer holds it only while
+ * copying, so "locked" must not be reported as "full" or "empty". */
 #define NOWAIT_LOCK_NS 50000000LL
 
 static int
 lock_side(ChannelObject *self, SegmentObject *seg, ss_plock *lk, int blocking,
           const ss_deadline *dl)
 {
-    if (ss_plock_try(lk) == SS_LOCK_OK)
-        return SS_LOCK_OK;
+    int r = ss_plock_try(lk);
+    if (r != SS_LOCK_TIMEOUT)
+        return r;
     ss_deadline brief;
-    if (!blocking) {
+    if (!blocking || ss_remaining_ns(dl) < NOWAIT_LOCK_NS) {
         brief.infinite = 0;
         brief.deadline_ns = ss_now_ns() + NOWAIT_LOCK_NS;
         dl = &brief;
     }
-    int r = ss_plock_acquire(lk, dl, seg);
-    if (r == SS_LOCK_RECOVERED) {
-        self->recoveries++;
-        r = SS_LOCK_OK;
-    }
+    r = ss_plock_acquire(lk, dl, seg);
+    if (r == SS_LOCK_RECOVERED)
+        r = SS_LOCK_OK; /* nothing to repair: see the comment at the top */
     return r;
 }
 
@@ -1047,13 +1046,6 @@ channel_full(ChannelObject *self, PyObject *unused)
 }
 
 static PyObject *
-owner_pid(ss_plock *lk)
-{
-    uint64_t o = atomic_load(&lk->owner);
-    return PyLong_FromLong(o ? (long)(uint32_t)(o & 0xffffffffu) : 0);
-}
-
-static PyObject *
 channel_stats(ChannelObject *self, PyObject *unused)
 {
     ss_channel_header *h = channel_peek(self);
@@ -1062,15 +1054,17 @@ channel_stats(ChannelObject *self, PyObject *unused)
     uint64_t t = atomic_load(&h->tail), hd = atomic_load(&h->head);
     uint64_t p = atomic_load(&h->put_count), g = atomic_load(&h->get_count);
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsIsIsNsNsK}", "capacity", (unsigned long long)self->capacity, "used",
+        "{sKsKsKsKsKsKsKsIsIsIsIsK}", "capacity", (unsigned long long)self->capacity, "used",
         (unsigned long long)(t - hd <= self->capacity ? t - hd : self->capacity), "head",
         (unsigned long long)hd, "tail", (unsigned long long)t, "put_count",
         (unsigned long long)p, "get_count", (unsigned long long)g, "messages",
         (unsigned long long)(p > g ? p - g : 0), "consumers_waiting",
         (unsigned)atomic_load(&h->consumers_waiting), "producers_waiting",
         (unsigned)atomic_load(&h->producers_waiting), "producer_lock_pid",
-        owner_pid(&h->prod_lock), "consumer_lock_pid", owner_pid(&h->cons_lock), "recoveries",
-        (unsigned long long)self->recoveries);
+        (unsigned)ss_plock_holder(&h->prod_lock), "consumer_lock_pid",
+        (unsigned)ss_plock_holder(&h->cons_lock), "recoveries",
+        (unsigned long long)(atomic_load(&h->prod_lock.recoveries) +
+                             atomic_load(&h->cons_lock.recoveries)));
 }
 
 /* ---- attach / init ------------------------------------------------------ */
@@ -1153,8 +1147,8 @@ channel_detach_core(ChannelObject *self, PyObject *unused)
         atomic_fetch_add(&h->space_event, 1);
         ss_futex_wake(&h->data_event, INT32_MAX);
         ss_futex_wake(&h->space_event, INT32_MAX);
-        ss_futex_wake(&h->prod_lock.seq, INT32_MAX);
-        ss_futex_wake(&h->cons_lock.seq, INT32_MAX);
+        ss_futex_wake(&h->prod_lock.word, INT32_MAX);
+        ss_futex_wake(&h->cons_lock.word, INT32_MAX);
     }
     Py_CLEAR(self->seg);
     Py_RETURN_NONE;
@@ -1311,7 +1305,6 @@ PyType_Spec ss_channel_spec = {
 int
 ss_channel_module_init(PyObject *module)
 {
-    ss_self_ident(); /* compute this process's lock identity once, up front */
     PyObject *magic = PyLong_FromUnsignedLongLong(SS_CHANNEL_MAGIC);
     if (magic == NULL)
         return -1;
@@ -1326,5 +1319,34 @@ ss_channel_module_init(PyObject *module)
         PyModule_AddIntConstant(module, "KIND_PICKLE_OOB", SS_KIND_PICKLE_OOB) < 0 ||
         PyModule_AddIntConstant(module, "LAYOUT_VERSION", SS_LAYOUT_VERSION) < 0)
         return -1;
+    /* The offsets docs/protocol.md gives, for the inspector and the tests:
+     * one source of truth, the structs above. */
+    PyObject *ch = PyDict_New(), *lk = PyDict_New();
+    int bad = ch == NULL || lk == NULL ||
+              ss_add_offset(ch, "producer_lock", offsetof(ss_channel_header, prod_lock)) ||
+              ss_add_offset(ch, "tail", offsetof(ss_channel_header, tail)) ||
+              ss_add_offset(ch, "put_count", offsetof(ss_channel_header, put_count)) ||
+              ss_add_offset(ch, "consumer_lock", offsetof(ss_channel_header, cons_lock)) ||
+              ss_add_offset(ch, "head", offsetof(ss_channel_header, head)) ||
+              ss_add_offset(ch, "get_count", offsetof(ss_channel_header, get_count)) ||
+              ss_add_offset(ch, "data_event", offsetof(ss_channel_header, data_event)) ||
+              ss_add_offset(ch, "space_event", offsetof(ss_channel_header, space_event)) ||
+              ss_add_offset(ch, "consumers_waiting",
+                            offsetof(ss_channel_header, consumers_waiting)) ||
+              ss_add_offset(ch, "producers_waiting",
+                            offsetof(ss_channel_header, producers_waiting)) ||
+              ss_add_offset(lk, "word", offsetof(ss_plock, word)) ||
+              ss_add_offset(lk, "recoveries", offsetof(ss_plock, recoveries)) ||
+              ss_add_offset(lk, "links", offsetof(ss_plock, links)) ||
+              ss_add_offset(lk, "size", sizeof(ss_plock));
+    if (bad || PyModule_AddObject(module, "CHANNEL_OFFSETS", ch) < 0) {
+        Py_XDECREF(ch);
+        Py_XDECREF(lk);
+        return -1;
+    }
+    if (PyModule_AddObject(module, "LOCK_OFFSETS", lk) < 0) {
+        Py_DECREF(lk);
+        return -1;
+    }
     return 0;
 }

@@ -1,4 +1,4 @@
-/* On-memory layouts of Channel and Mailbox segments (version 1).
+/* On-memory layouts of Channel and Mailbox segments (version 2).
  *
  * docs/protocol.md is the normative description; this header is its C form,
  * and the static asserts below pin every offset the document gives.  All
@@ -17,7 +17,14 @@
 /* "SHMSEMCH" and "SHMSEMMB" read as little-endian u64. */
 #define SS_CHANNEL_MAGIC UINT64_C(0x48434d45534d4853)
 #define SS_MAILBOX_MAGIC UINT64_C(0x424d4d45534d4853)
-#define SS_LAYOUT_VERSION 1
+/* Version 2: the locks became robust futexes (48 bytes each). */
+#define SS_LAYOUT_VERSION 2
+
+/* Shared atomics must be lock-free, or two processes would each use a lock
+ * of their own and race. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
+_Static_assert(sizeof(long long) == 8, "64-bit atomics are long long");
 
 /* Record kinds (low 8 bits of a Channel record's flags word). */
 enum {
@@ -52,39 +59,37 @@ typedef struct {
     ss_common_header common;                 /*   0 */
 
     ss_plock prod_lock;                      /*  64 */
-    _Atomic uint64_t tail;                   /*  80 */
-    _Atomic uint64_t put_count;              /*  88 */
-    _Atomic uint32_t data_event;             /*  96  futex: consumers sleep here */
-    uint32_t reserved1;
-    uint64_t reserved2[3];
+    _Atomic uint64_t tail;                   /* 112 */
+    _Atomic uint64_t put_count;              /* 120 */
 
     ss_plock cons_lock;                      /* 128 */
-    _Atomic uint64_t head;                   /* 144 */
-    _Atomic uint64_t get_count;              /* 152 */
-    _Atomic uint32_t space_event;            /* 160  futex: producers sleep here */
-    uint32_t reserved3;
-    uint64_t reserved4[3];
+    _Atomic uint64_t head;                   /* 176 */
+    _Atomic uint64_t get_count;              /* 184 */
 
-    _Atomic uint32_t consumers_waiting;      /* 192  1 while a consumer sleeps */
-    _Atomic uint32_t producers_waiting;      /* 196  1 while a producer sleeps */
-    uint64_t reserved5[7];
+    _Atomic uint32_t data_event;             /* 192  futex: consumers sleep here */
+    _Atomic uint32_t space_event;            /* 196  futex: producers sleep here */
+    _Atomic uint32_t consumers_waiting;      /* 200  1 while a consumer sleeps */
+    _Atomic uint32_t producers_waiting;      /* 204  1 while a producer sleeps */
+    uint64_t reserved[6];
 } ss_channel_header;                         /* 256: the ring starts here */
 
 #define SS_CHANNEL_HEADER_SIZE 256
 #define SS_RECORD_HEADER 8
 
-_Static_assert(sizeof(ss_plock) == 16, "plock layout");
+_Static_assert(sizeof(ss_plock) == SS_PLOCK_SIZE, "plock layout");
+_Static_assert(offsetof(ss_plock, recoveries) == 8, "plock layout");
+_Static_assert(offsetof(ss_plock, links) == SS_PLOCK_LINKS, "plock layout");
 _Static_assert(sizeof(ss_common_header) == 64, "common header layout");
 _Static_assert(offsetof(ss_channel_header, prod_lock) == 64, "layout");
-_Static_assert(offsetof(ss_channel_header, tail) == 80, "layout");
-_Static_assert(offsetof(ss_channel_header, put_count) == 88, "layout");
-_Static_assert(offsetof(ss_channel_header, data_event) == 96, "layout");
+_Static_assert(offsetof(ss_channel_header, tail) == 112, "layout");
+_Static_assert(offsetof(ss_channel_header, put_count) == 120, "layout");
 _Static_assert(offsetof(ss_channel_header, cons_lock) == 128, "layout");
-_Static_assert(offsetof(ss_channel_header, head) == 144, "layout");
-_Static_assert(offsetof(ss_channel_header, get_count) == 152, "layout");
-_Static_assert(offsetof(ss_channel_header, space_event) == 160, "layout");
-_Static_assert(offsetof(ss_channel_header, consumers_waiting) == 192, "layout");
-_Static_assert(offsetof(ss_channel_header, producers_waiting) == 196, "layout");
+_Static_assert(offsetof(ss_channel_header, head) == 176, "layout");
+_Static_assert(offsetof(ss_channel_header, get_count) == 184, "layout");
+_Static_assert(offsetof(ss_channel_header, data_event) == 192, "layout");
+_Static_assert(offsetof(ss_channel_header, space_event) == 196, "layout");
+_Static_assert(offsetof(ss_channel_header, consumers_waiting) == 200, "layout");
+_Static_assert(offsetof(ss_channel_header, producers_waiting) == 204, "layout");
 _Static_assert(sizeof(ss_channel_header) == SS_CHANNEL_HEADER_SIZE, "layout");
 
 /* ---------------------------------------------------------------------- */
@@ -98,10 +103,9 @@ typedef struct {
     ss_common_header common;                 /*   0 */
 
     ss_plock writer_lock;                    /*  64 */
-    _Atomic uint64_t state;                  /*  80  (seq << 1) | current cell */
-    _Atomic uint32_t event;                  /*  88  futex: wait() sleeps here */
-    _Atomic uint32_t waiting;                /*  92  1 while a reader sleeps */
-    uint64_t reserved[4];
+    _Atomic uint64_t state;                  /* 112  (seq << 1) | current cell */
+    _Atomic uint32_t event;                  /* 120  futex: wait() sleeps here */
+    _Atomic uint32_t waiting;                /* 124  1 while a reader sleeps */
 } ss_mailbox_header;                         /* 128: cell 0 starts here */
 
 typedef struct {
@@ -115,9 +119,9 @@ typedef struct {
 #define SS_MAILBOX_CELL_HEADER 64
 
 _Static_assert(offsetof(ss_mailbox_header, writer_lock) == 64, "layout");
-_Static_assert(offsetof(ss_mailbox_header, state) == 80, "layout");
-_Static_assert(offsetof(ss_mailbox_header, event) == 88, "layout");
-_Static_assert(offsetof(ss_mailbox_header, waiting) == 92, "layout");
+_Static_assert(offsetof(ss_mailbox_header, state) == 112, "layout");
+_Static_assert(offsetof(ss_mailbox_header, event) == 120, "layout");
+_Static_assert(offsetof(ss_mailbox_header, waiting) == 124, "layout");
 _Static_assert(sizeof(ss_mailbox_header) == SS_MAILBOX_HEADER_SIZE, "layout");
 _Static_assert(sizeof(ss_mailbox_cell) == SS_MAILBOX_CELL_HEADER, "layout");
 
@@ -155,6 +159,16 @@ ss_wake_waiters(_Atomic uint32_t *event, _Atomic uint32_t *waiting)
         atomic_fetch_add(event, 1);
         ss_futex_wake(event, INT32_MAX);
     }
+}
+
+/* Add name -> offset to dict d (module init).  Returns 0 or -1. */
+static inline int
+ss_add_offset(PyObject *d, const char *name, size_t off)
+{
+    PyObject *v = PyLong_FromSize_t(off);
+    int r = v == NULL ? -1 : PyDict_SetItemString(d, name, v);
+    Py_XDECREF(v);
+    return r;
 }
 
 /* Validate the common header of a segment.  Returns 0, or -1 with

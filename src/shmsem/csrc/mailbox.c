@@ -18,7 +18,6 @@ typedef struct {
     uint64_t capacity;      /* private copies, validated at attach */
     uint64_t stride;
     ss_spin spin;
-    uint64_t recoveries;
     PyObject *weakreflist;
 } MailboxObject;
 
@@ -58,14 +57,13 @@ mailbox_publish(MailboxObject *self, PyObject *data)
                      view.len, (unsigned long long)self->capacity);
         goto done;
     }
-    if (ss_plock_try(&h->writer_lock) != SS_LOCK_OK) {
+    int r = ss_plock_try(&h->writer_lock);
+    if (r == SS_LOCK_TIMEOUT) {
         ss_deadline forever = {1, 0};
-        int r = ss_plock_acquire(&h->writer_lock, &forever, seg);
-        if (r == SS_LOCK_ERROR)
-            goto done;
-        if (r == SS_LOCK_RECOVERED)
-            self->recoveries++;
+        r = ss_plock_acquire(&h->writer_lock, &forever, seg);
     }
+    if (r == SS_LOCK_ERROR)
+        goto done;
     uint64_t st = atomic_load_explicit(&h->state, memory_order_relaxed);
     uint64_t seq = (st >> 1) + 1;
     unsigned c = (unsigned)(st & 1) ^ 1u;
@@ -244,12 +242,11 @@ mailbox_stats(MailboxObject *self, PyObject *unused)
     if (h == NULL)
         return NULL;
     uint64_t st = atomic_load(&h->state);
-    uint64_t o = atomic_load(&h->writer_lock.owner);
     return Py_BuildValue("{sKsKsIsIsIsK}", "capacity", (unsigned long long)self->capacity, "seq",
                          (unsigned long long)(st >> 1), "current_cell", (unsigned)(st & 1),
                          "waiting", (unsigned)atomic_load(&h->waiting), "writer_lock_pid",
-                         (unsigned)(o & 0xffffffffu), "recoveries",
-                         (unsigned long long)self->recoveries);
+                         (unsigned)ss_plock_holder(&h->writer_lock), "recoveries",
+                         (unsigned long long)atomic_load(&h->writer_lock.recoveries));
 }
 
 static uint64_t
@@ -333,7 +330,7 @@ mailbox_detach_core(MailboxObject *self, PyObject *unused)
         seg->closing = 1;
         atomic_fetch_add(&h->event, 1);
         ss_futex_wake(&h->event, INT32_MAX);
-        ss_futex_wake(&h->writer_lock.seq, INT32_MAX);
+        ss_futex_wake(&h->writer_lock.word, INT32_MAX);
     }
     Py_CLEAR(self->seg);
     Py_RETURN_NONE;
@@ -465,5 +462,15 @@ ss_mailbox_module_init(PyObject *module)
         PyModule_AddIntConstant(module, "MAILBOX_HEADER_SIZE", SS_MAILBOX_HEADER_SIZE) < 0 ||
         PyModule_AddIntConstant(module, "MAILBOX_CELL_HEADER_SIZE", SS_MAILBOX_CELL_HEADER) < 0)
         return -1;
+    PyObject *mb = PyDict_New();
+    if (mb == NULL ||
+        ss_add_offset(mb, "writer_lock", offsetof(ss_mailbox_header, writer_lock)) ||
+        ss_add_offset(mb, "state", offsetof(ss_mailbox_header, state)) ||
+        ss_add_offset(mb, "event", offsetof(ss_mailbox_header, event)) ||
+        ss_add_offset(mb, "waiting", offsetof(ss_mailbox_header, waiting)) ||
+        PyModule_AddObject(module, "MAILBOX_OFFSETS", mb) < 0) {
+        Py_XDECREF(mb);
+        return -1;
+    }
     return 0;
 }

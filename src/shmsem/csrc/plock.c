@@ -1,269 +1,345 @@
-/* A mutex in shared memory that survives the death of its holder.
+/* A mutex in shared memory that the kernel releases when its holder dies.
  *
- * Why not a robust pthread mutex: glibc keeps its robust-list links *inside*
- * the mutex, so a hostile process that can write the segment could make us
- * follow a pointer of its choosing.  Every field here is a plain number that
- * we validate, never dereference.
+ * The lock word is a robust futex (Linux's Documentation/locking/
+ * robust-futexes.rst, and the protocol of glibc's robust process-shared
+ * mutexes): 0 when free, otherwise the holder's thread id as the holder's
+ * own PID namespace numbers it, with FUTEX_WAITERS set once someone may be
+ * asleep on it.  While it holds the lock, the holder keeps the lock's node
+ * on its thread's robust list, the list the C library registers with the
+ * kernel (set_robust_list).  When a thread exits or execs, the kernel walks
+ * that list and, for each word still holding the thread's id, sets
+ * FUTEX_OWNER_DIED, clears the id and wakes a waiter.  Whether a holder is
+ * alive is therefore never guessed from pids or /proc: the kernel says so,
+ * whatever PID namespace the holder lives in, after fork, exec or pid reuse.
  *
- * The owner word holds the holder's identity: its pid, the low 24 bits of its
- * start time (so a recycled pid is not mistaken for the holder) and an 8-bit
- * tag of its PID namespace (a pid from another namespace means nothing here,
- * so such a holder is never declared dead).  A foreign peer may leave the
- * start time or the tag 0, meaning "unknown"; it is then judged by its pid.  A waiter that has waited a
- * slice with the owner unchanged checks whether the holder still lives
- * (kill(pid, 0), then /proc/<pid>/stat for zombies and recycled pids) and, if
- * not, takes the lock over with a compare-and-swap and reports RECOVERED.
+ * Hostile peers.  The node (the `links` field of the lock) lies in shared
+ * memory, where any process that can attach the segment may write it.  So
+ * this file never reads a pointer from shared memory: the links of our own
+ * nodes are only written (their successors are kept in thread-local
+ * memory), and the only pointers followed are those of the C library's
+ * entries, which live in its private memory.  To keep that possible, our
+ * nodes always sit at the tail of the list, behind every entry of the C
+ * library (which inserts at the head), so the C library never reads them.
+ * A peer that scribbles over a node can at most make the kernel skip a
+ * lock when we die: then that lock stays held, as a lock word it scribbles
+ * over would.
  *
- * Waiting is a futex on seq, which every unlock bumps; `waiting` tells the
- * unlocker whether anyone sleeps (Drepper, "Futexes are tricky", mutex 3).
+ * The one window the kernel leaves open is the one glibc has: between the
+ * store that frees the word and the clearing of list_op_pending, a thread
+ * killed while another thread, in another PID namespace and with the same
+ * numeric id, has just taken the lock would have the kernel mark that live
+ * holder dead.  It lasts a few instructions; docs/protocol.md says so.
  */
 #include "layout.h"
 
-#include <fcntl.h>
-#include <stdlib.h>
+#include <linux/futex.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdio.h>
-#include <sys/stat.h>
+#include <stdint.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define PLOCK_SPIN_NS 4000LL
-#define PLOCK_SLICE_NS 10000000LL /* liveness re-check period while waiting */
+/* A sleeper wakes at least this often to run signal handlers and notice a
+ * close() by another thread.  A dead holder is reported by the kernel at
+ * once and needs no polling. */
+#define PLOCK_SLICE_NS 100000000LL
+/* Locks one thread may hold at once.  shmsem holds one at a time. */
+#define PLOCK_MAX_HELD 8
+/* The kernel stops walking a robust list after this many entries. */
+#define ROBUST_LIST_LIMIT 2048
 
-static uint64_t self_ident;
-static pid_t self_pid;
-static uint32_t self_ns_tag;
-/* Locks held by threads of this process, counted up *before* the CAS that
- * takes one and down *after* the store that frees it.  An owner word equal to
- * our own identity while this is 0 therefore belongs to this process's image
- * before an exec (same pid, same start time), never to one of our threads
- * between its CAS and its count. */
-static _Atomic long held_by_us;
+/* This thread's robust list and the nodes of ours on it, in list order. */
+typedef struct {
+    struct robust_list_head *head;   /* NULL until set up in this thread */
+    long offset;                     /* futex word = node + offset */
+    uint32_t tid;
+    int nheld;
+    struct robust_list *held[PLOCK_MAX_HELD];
+    struct robust_list_head own;     /* registered when the C library had none */
+} robust_tls;
 
-/* CAS the owner word from *expected to me, counted in held_by_us. */
-static int
-claim(ss_plock *lk, uint64_t *expected, uint64_t me)
+static _Thread_local robust_tls tls_state;
+
+/* Reaching thread-local storage from a dlopen'ed module costs a call to
+ * __tls_get_addr, which the compiler would repeat after every barrier:
+ * fetch the address once per operation, through a call it cannot redo. */
+__attribute__((noinline)) static robust_tls *
+tls_self(void)
 {
-    atomic_fetch_add(&held_by_us, 1);
-    if (atomic_compare_exchange_strong(&lk->owner, expected, me))
-        return 1;
-    atomic_fetch_sub(&held_by_us, 1);
-    return 0;
-}
-
-/* Read state and start time from /proc/<pid>/stat.  Returns 0, or -1 if the
- * file cannot be read (no such process, or /proc hidden). */
-static int
-read_proc_stat(pid_t pid, char *state, unsigned long long *start)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    /* The command name is in parentheses and may itself contain ") ". */
-    char *p = strrchr(buf, ')');
-    if (p == NULL || p[1] != ' ')
-        return -1;
-    p += 2;
-    *state = *p;
-    /* After ')' come fields 3.. ; starttime is field 22, i.e. the 20th here. */
-    for (int field = 3; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL)
-            return -1;
-        p++;
-    }
-    *start = strtoull(p, NULL, 10);
-    return 0;
-}
-
-static uint32_t
-ns_tag(void)
-{
-    struct stat st;
-    if (stat("/proc/self/ns/pid", &st) < 0)
-        return 1;
-    uint64_t x = (uint64_t)st.st_ino;
-    x ^= x >> 32;
-    x ^= x >> 16;
-    x ^= x >> 8;
-    return (uint32_t)(x & 0xff) | 1; /* never 0 */
-}
-
-static uint64_t
-make_ident(pid_t pid, unsigned long long start, uint32_t tag)
-{
-    return (uint64_t)(uint32_t)pid | ((uint64_t)(start & 0xffffff) << 32) |
-           ((uint64_t)tag << 56);
-}
-
-static void
-refresh_identity(void)
-{
-    char state;
-    unsigned long long start = 0;
-    self_pid = getpid();
-    if (read_proc_stat(self_pid, &state, &start) < 0)
-        start = 0;
-    self_ns_tag = ns_tag();
-    self_ident = make_ident(self_pid, start, self_ns_tag);
+    return &tls_state;
 }
 
 static void
 after_fork_child(void)
 {
-    refresh_identity();
-    atomic_store_explicit(&held_by_us, 0, memory_order_relaxed); /* fork happens from Python code, never inside a lock */
+    /* The child's only thread has a new id and holds nothing; the C library
+     * has given it a fresh, empty list (or none, which we then register). */
+    tls_state.head = NULL;
+    tls_state.nheld = 0;
 }
 
-static pthread_once_t identity_once = PTHREAD_ONCE_INIT;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void
-init_identity(void)
+register_atfork(void)
 {
-    refresh_identity();
     pthread_atfork(NULL, NULL, after_fork_child);
 }
 
-uint64_t
-ss_self_ident(void)
-{
-    pthread_once(&identity_once, init_identity);
-    return self_ident;
-}
-
-/* Threads still running in a process whose /proc/<pid>/stat says zombie: the
- * thread-group leader can exit (pthread_exit) while other threads go on. */
+/* Find this thread's robust list, registering one if the C library has
+ * not.  Returns 0, or -1 with errno set (ENOSYS: no robust futexes;
+ * EPROTO: a list whose geometry the lock layout cannot hold). */
 static int
-live_threads(pid_t pid)
+robust_setup(robust_tls *tls)
 {
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    char *p = strstr(buf, "\nThreads:");
-    return p ? atoi(p + 9) : 0;
+    pthread_once(&atfork_once, register_atfork);
+    struct robust_list_head *head = NULL;
+    size_t len = 0;
+    if (syscall(SYS_get_robust_list, 0, &head, &len) != 0)
+        return -1;
+    if (head == NULL) {
+        tls->own.list.next = &tls->own.list;
+        tls->own.futex_offset = -(long)SS_PLOCK_NODE;
+        tls->own.list_op_pending = NULL;
+        if (syscall(SYS_set_robust_list, &tls->own, sizeof tls->own) != 0)
+            return -1;
+        head = &tls->own;
+    }
+    long node_at = -head->futex_offset; /* where the node is, from the word */
+    /* The node and the prev pointer before it (which glibc writes when it
+     * inserts an entry of its own in front of ours) must lie inside the
+     * lock's links area. */
+    if (node_at < SS_PLOCK_LINKS + 8 || node_at + 8 > SS_PLOCK_LINKS_END || (node_at & 7)) {
+        errno = EPROTO;
+        return -1;
+    }
+    tls->offset = head->futex_offset;
+    tls->tid = (uint32_t)syscall(SYS_gettid);
+    tls->nheld = 0;
+    tls->head = head;
+    return 0;
 }
 
-int
-ss_pid_alive(uint64_t ident)
+/* This thread's robust-list state, set up on first use; NULL with an
+ * exception set when it cannot be. */
+static robust_tls *
+robust_ready(void)
 {
-    pid_t pid = (pid_t)(uint32_t)(ident & 0xffffffffu);
-    uint32_t start = (uint32_t)((ident >> 32) & 0xffffff); /* 0: unknown */
-    uint32_t tag = (uint32_t)(ident >> 56);                /* 0: no tag */
-    if (pid <= 0)
-        return 0;
-    ss_self_ident();
-    if (tag != 0 && tag != self_ns_tag)
-        return 1;               /* another PID namespace: cannot judge, assume alive */
-    if (pid == self_pid) /* another thread of ours, or a dead predecessor with our pid */
-        return ident == self_ident && atomic_load(&held_by_us) > 0;
-    if (kill(pid, 0) < 0 && errno == ESRCH)
-        return 0;
-    char state;
-    unsigned long long started;
-    if (read_proc_stat(pid, &state, &started) < 0)
-        return 1;               /* cannot see it (hidepid): assume alive */
-    if ((state == 'Z' || state == 'X') && live_threads(pid) <= 1)
-        return 0;               /* killed, not yet reaped */
-    if (start != 0 && (started & 0xffffff) != start)
-        return 0;               /* the pid was recycled */
-    return 1;
+    robust_tls *tls = tls_self();
+    if (tls->head != NULL)
+        return tls;
+    if (robust_setup(tls) == 0)
+        return tls;
+    if (errno == EPROTO)
+        PyErr_SetString(PyExc_RuntimeError,
+                        "shmsem: this C library's robust-list layout does not fit the lock "
+                        "(docs/protocol.md, section 2)");
+    else
+        PyErr_SetFromErrno(PyExc_OSError);
+    return NULL;
+}
+
+static inline struct robust_list *
+node_of(robust_tls *tls, ss_plock *lk)
+{
+    return (struct robust_list *)((char *)&lk->word - tls->offset);
+}
+
+static inline void
+set_pending(robust_tls *tls, struct robust_list *node)
+{
+    /* The kernel reads it only when this thread dies: a compiler barrier
+     * orders it against the lock operations around it. */
+    atomic_signal_fence(memory_order_seq_cst);
+    tls->head->list_op_pending = node;
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
+/* The entry whose next is `target` (or the end of the list when target is
+ * NULL), following only the C library's entries.  NULL if not found. */
+static struct robust_list *
+foreign_pred(robust_tls *tls, struct robust_list *target)
+{
+    struct robust_list *end = &tls->head->list, *e = end;
+    for (int i = 0; i < ROBUST_LIST_LIMIT; i++) {
+        struct robust_list *nx = (struct robust_list *)((uintptr_t)e->next & ~(uintptr_t)1);
+        if (nx == target || (target == NULL && nx == end))
+            return e;
+        if (nx == end || nx == NULL)
+            return NULL;
+        e = nx;
+    }
+    return NULL;
+}
+
+/* Put node at the tail of the list: behind the C library's entries and
+ * behind our other nodes.  Returns 0, or -1 when the list is unusable. */
+static int
+link_node(robust_tls *tls, struct robust_list *node)
+{
+    struct robust_list *pred =
+        tls->nheld > 0 ? tls->held[tls->nheld - 1] : foreign_pred(tls, NULL);
+    if (pred == NULL || tls->nheld == PLOCK_MAX_HELD)
+        return -1;
+    node->next = &tls->head->list;
+    atomic_signal_fence(memory_order_seq_cst);
+    pred->next = node;
+    tls->held[tls->nheld++] = node;
+    return 0;
+}
+
+static void
+unlink_node(robust_tls *tls, struct robust_list *node)
+{
+    int i = tls->nheld - 1;
+    while (i >= 0 && tls->held[i] != node)
+        i--;
+    if (i < 0)
+        return; /* not ours (never linked) */
+    struct robust_list *succ = i + 1 < tls->nheld ? tls->held[i + 1] : &tls->head->list;
+    struct robust_list *pred = i > 0 ? tls->held[i - 1] : foreign_pred(tls, node);
+    if (pred != NULL)
+        pred->next = succ;
+    atomic_signal_fence(memory_order_seq_cst);
+    for (; i + 1 < tls->nheld; i++)
+        tls->held[i] = tls->held[i + 1];
+    tls->nheld--;
+}
+
+/* CAS the word from *expected to desired and, on success, put the node on
+ * our list; list_op_pending covers the instant between the two. */
+static int
+claim(robust_tls *tls, ss_plock *lk, uint32_t *expected, uint32_t desired)
+{
+    struct robust_list *node = node_of(tls, lk);
+    set_pending(tls, node);
+    int won = atomic_compare_exchange_strong(&lk->word, expected, desired);
+    if (won && link_node(tls, node) < 0) {
+        /* No room on the list: give the lock back rather than hold it
+         * unprotected. */
+        atomic_store(&lk->word, *expected);
+        ss_futex_wake(&lk->word, 1);
+        won = -1;
+    }
+    set_pending(tls, NULL);
+    return won;
 }
 
 int
 ss_plock_try(ss_plock *lk)
 {
-    uint64_t expected = 0;
-    return claim(lk, &expected, ss_self_ident()) ? SS_LOCK_OK : SS_LOCK_TIMEOUT;
+    robust_tls *tls = robust_ready();
+    if (tls == NULL)
+        return SS_LOCK_ERROR;
+    uint32_t expected = 0;
+    int won = claim(tls, lk, &expected, tls->tid);
+    if (won < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "shmsem: too many process locks held by one thread");
+        return SS_LOCK_ERROR;
+    }
+    return won ? SS_LOCK_OK : SS_LOCK_TIMEOUT;
 }
 
 void
 ss_plock_release(ss_plock *lk)
 {
-    atomic_exchange(&lk->owner, 0);
-    atomic_fetch_sub(&held_by_us, 1);
-    atomic_fetch_add(&lk->seq, 1);
-    if (atomic_load(&lk->waiting) && atomic_exchange(&lk->waiting, 0))
-        ss_futex_wake(&lk->seq, 1);
+    robust_tls *tls = tls_self(); /* set up: we hold the lock */
+    struct robust_list *node = node_of(tls, lk);
+    set_pending(tls, node);
+    unlink_node(tls, node);
+    atomic_signal_fence(memory_order_seq_cst);
+    uint32_t old = atomic_exchange(&lk->word, 0);
+    if (old & FUTEX_WAITERS)
+        ss_futex_wake(&lk->word, 1);
+    set_pending(tls, NULL);
+}
+
+/* A waiter that was woken but leaves without the lock passes the wake-up
+ * on, so that the other sleepers do not wait for the next unlock. */
+static void
+pass_wake_on(ss_plock *lk)
+{
+    if (atomic_load(&lk->word) & FUTEX_WAITERS)
+        ss_futex_wake(&lk->word, 1);
 }
 
 int
 ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
 {
-    uint64_t me = ss_self_ident();
-    int result = SS_LOCK_TIMEOUT, slept = 0, async_err = 0;
-    uint64_t watched = 0;      /* owner value we are timing */
-    int64_t watched_since = 0;
+    robust_tls *tls = robust_ready();
+    if (tls == NULL)
+        return SS_LOCK_ERROR;
+    const uint32_t me = tls->tid;
+    uint32_t waiters = 0; /* FUTEX_WAITERS once we have slept: others may sleep too */
+    int result, woken = 0;
 
     PyThreadState *ts = PyEval_SaveThread();
+    /* The spin ignores the deadline: a zero timeout means "do not sleep",
+     * not "give up on a lock that is about to be free". */
     int64_t spin_until = ss_now_ns() + PLOCK_SPIN_NS;
     for (;;) {
-        uint64_t cur = atomic_load(&lk->owner);
-        if (cur == 0) {
-            if (claim(lk, &cur, me)) {
-                /* After sleeping, others may sleep too: make our unlock wake one. */
-                if (slept)
-                    atomic_store(&lk->waiting, 1);
-                result = SS_LOCK_OK;
+        uint32_t v = atomic_load(&lk->word);
+        if ((v & FUTEX_TID_MASK) == 0) {
+            /* Free, or its holder died (FUTEX_OWNER_DIED). */
+            int won = claim(tls, lk, &v, me | waiters | (v & FUTEX_WAITERS));
+            if (won > 0) {
+                result = (v & FUTEX_OWNER_DIED) ? SS_LOCK_RECOVERED : SS_LOCK_OK;
                 break;
+            }
+            if (won < 0) {
+                PyEval_RestoreThread(ts);
+                PyErr_SetString(PyExc_RuntimeError,
+                                "shmsem: too many process locks held by one thread");
+                return SS_LOCK_ERROR;
             }
             continue;
         }
         int64_t now = ss_now_ns();
-        if (!dl->infinite && now >= dl->deadline_ns)
-            break;
         if (now < spin_until) {
             ss_cpu_relax();
             continue;
         }
-        if (cur != watched) {
-            watched = cur;
-            watched_since = now;
-        } else if (now - watched_since >= PLOCK_SLICE_NS) {
-            watched_since = now;
-            if (!ss_pid_alive(cur) && claim(lk, &cur, me)) {
-                atomic_store(&lk->waiting, 1); /* sleepers may have lost their wake-up */
-                result = SS_LOCK_RECOVERED;
-                break;
-            }
-            continue;
+        if (!dl->infinite && now >= dl->deadline_ns) {
+            result = SS_LOCK_TIMEOUT;
+            break;
         }
-        uint32_t s = atomic_load(&lk->seq);
-        atomic_store(&lk->waiting, 1);
-        if (atomic_load(&lk->owner) != cur)
-            continue;
+        if (!(v & FUTEX_WAITERS)) {
+            if (!atomic_compare_exchange_strong(&lk->word, &v, v | FUTEX_WAITERS))
+                continue;
+            v |= FUTEX_WAITERS;
+        }
         int64_t wait = PLOCK_SLICE_NS;
         if (!dl->infinite && dl->deadline_ns - now < wait)
             wait = dl->deadline_ns - now;
-        slept = 1;
-        ss_futex_wait(&lk->seq, s, wait);
-        /* Run signal handlers after every sleep, not only on EINTR: a signal
-         * that arrived while we spun interrupted nothing. */
+        woken = ss_futex_wait(&lk->word, v, wait) == 0;
+        waiters = FUTEX_WAITERS;
+        /* Run signal handlers after every sleep, not only on EINTR: a
+         * signal that arrived while we spun interrupted nothing. */
         PyEval_RestoreThread(ts);
-        async_err = PyErr_CheckSignals();
-        if (!async_err && seg->closing) {
+        int err = PyErr_CheckSignals();
+        if (!err && seg->closing) {
             ss_segment_raise(seg, "closed", "the segment was detached while waiting for a lock");
-            async_err = -1;
+            err = -1;
         }
-        if (async_err)
+        if (err) {
+            if (woken)
+                pass_wake_on(lk);
             return SS_LOCK_ERROR;
+        }
         ts = PyEval_SaveThread();
     }
+    if (result == SS_LOCK_TIMEOUT && woken)
+        pass_wake_on(lk);
     PyEval_RestoreThread(ts);
+    if (result == SS_LOCK_RECOVERED)
+        atomic_fetch_add_explicit(&lk->recoveries, 1, memory_order_relaxed);
     return result;
+}
+
+uint32_t
+ss_plock_holder(ss_plock *lk)
+{
+    return atomic_load_explicit(&lk->word, memory_order_relaxed) & FUTEX_TID_MASK;
 }
 
 /* _lock_pair_ns(n, kind): the mean cost in nanoseconds of n uncontended

@@ -256,29 +256,41 @@ void ss_copy(SegmentObject *seg, void *dst, const void *src, size_t n);
 #define SS_NOGIL_COPY_THRESHOLD (256 * 1024)
 
 /* ------------------------------------------------------------------------ */
-/* Process lock in shared memory (see plock.c): a mutex whose holder is
- * recognised by pid and process start time, so that a holder that died is
- * detected and its lock taken over. */
+/* Process lock in shared memory (see plock.c): a robust futex, which the
+ * kernel marks FUTEX_OWNER_DIED when its holder exits or execs. */
 
 typedef struct {
-    _Atomic uint64_t owner;     /* 0 free, else pid | (start_time_low32 << 32) */
-    _Atomic uint32_t seq;       /* futex word: bumped on every unlock */
-    _Atomic uint32_t waiting;   /* 1 when someone sleeps on seq */
+    _Atomic uint32_t word;         /* 0 free; else holder's tid | FUTEX_WAITERS | FUTEX_OWNER_DIED */
+    uint32_t reserved0;
+    _Atomic uint64_t recoveries;   /* locks taken over from dead holders, ever */
+    uint64_t reserved1;
+    uint64_t links[2];             /* the holder's robust-list node; written, never read */
+    uint64_t reserved2;
 } ss_plock;
+
+#define SS_PLOCK_SIZE 48
+#define SS_PLOCK_LINKS 24       /* offset of links in the lock */
+#define SS_PLOCK_LINKS_END 40
+/* Where our own robust list (when the C library registered none) puts the
+ * node, from the word: glibc's geometry (its futex_offset is -32). */
+#define SS_PLOCK_NODE 32
 
 enum { SS_LOCK_OK = 0, SS_LOCK_RECOVERED = 1, SS_LOCK_TIMEOUT = 2, SS_LOCK_ERROR = -1 };
 
-uint64_t ss_self_ident(void);
-/* Fast path: try once, holding the GIL. Returns SS_LOCK_OK or SS_LOCK_TIMEOUT. */
+/* Fast path: try once, holding the GIL.  Returns SS_LOCK_OK, SS_LOCK_TIMEOUT
+ * (held by someone), or SS_LOCK_ERROR with an exception set (no robust list
+ * in this thread). */
 int ss_plock_try(ss_plock *lk);
 /* Slow path: called with the GIL held, inside an operation on seg; releases
- * the GIL while waiting.  Returns SS_LOCK_OK / SS_LOCK_RECOVERED / SS_LOCK_TIMEOUT,
- * or SS_LOCK_ERROR with a Python exception set (a signal handler raised, or
- * the segment is being detached). */
+ * the GIL while waiting.  Returns SS_LOCK_OK / SS_LOCK_RECOVERED (the holder
+ * died; counted in lk->recoveries) / SS_LOCK_TIMEOUT, or SS_LOCK_ERROR with
+ * a Python exception set (a signal handler raised, or the segment is being
+ * detached). */
 int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg);
 void ss_plock_release(ss_plock *lk);
-int ss_pid_alive(uint64_t ident);
-PyObject *ss_lock_pair_ns(PyObject *module, PyObject *arg);
+/* The holder's thread id as its own PID namespace numbers it; 0 when free. */
+uint32_t ss_plock_holder(ss_plock *lk);
+PyObject *ss_lock_pair_ns(PyObject *module, PyObject *args);
 
 /* ------------------------------------------------------------------------ */
 /* Type specs, defined in their own files. */
