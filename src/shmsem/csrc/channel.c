@@ -244,9 +244,9 @@ ring_read(ChannelObject *self, SegmentObject *seg, const char *ring, uint64_t po
 
 static int
 lock_side(ChannelObject *self, SegmentObject *seg, ss_plock *lk, int blocking,
-          const ss_deadline *dl)
+          const ss_deadline *dl, ss_lock_thread **me)
 {
-    int r = ss_plock_try(lk);
+    int r = ss_plock_try(lk, me);
     if (r != SS_LOCK_TIMEOUT)
         return r;
     ss_deadline brief;
@@ -255,7 +255,7 @@ lock_side(ChannelObject *self, SegmentObject *seg, ss_plock *lk, int blocking,
         brief.deadline_ns = ss_now_ns() + NOWAIT_LOCK_NS;
         dl = &brief;
     }
-    r = ss_plock_acquire(lk, dl, seg);
+    r = ss_plock_acquire(lk, dl, seg, me);
     if (r == SS_LOCK_RECOVERED)
         r = SS_LOCK_OK; /* nothing to repair: see the comment at the top */
     return r;
@@ -332,7 +332,8 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
     for (;;) {
         if (ss_segment_addr(seg) == NULL)
             return -1;
-        int lr = lock_side(self, seg, &h->prod_lock, blocking, dl);
+        ss_lock_thread *me;
+        int lr = lock_side(self, seg, &h->prod_lock, blocking, dl, &me);
         if (lr == SS_LOCK_ERROR)
             return -1;
         if (lr == SS_LOCK_TIMEOUT)
@@ -349,7 +350,7 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
             self->cached_head = hd;
         }
         if ((t & 7) || t - hd > self->capacity) {
-            ss_plock_release(&h->prod_lock);
+            ss_plock_release(&h->prod_lock, me);
             raise_corrupt(self, seg, "tail and head are inconsistent", t, hd);
             return -1;
         }
@@ -390,11 +391,11 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
                                   atomic_load_explicit(&h->put_count, memory_order_relaxed) +
                                       (uint64_t)nrec,
                                   memory_order_relaxed);
-            ss_plock_release(&h->prod_lock);
+            ss_plock_release(&h->prod_lock, me);
             ss_wake_waiters(&h->data_event, &h->consumers_waiting);
             return 1;
         }
-        ss_plock_release(&h->prod_lock);
+        ss_plock_release(&h->prod_lock, me);
         if (!blocking)
             return 0;
         space_ctx ctx = {self, h, need};
@@ -585,13 +586,14 @@ channel_take(ChannelObject *self, take_req *req, int blocking, const ss_deadline
             result = -1;
             break;
         }
-        int lr = lock_side(self, seg, &h->cons_lock, blocking, dl);
+        ss_lock_thread *me;
+        int lr = lock_side(self, seg, &h->cons_lock, blocking, dl, &me);
         if (lr == SS_LOCK_ERROR || lr == SS_LOCK_TIMEOUT) {
             result = lr == SS_LOCK_ERROR ? -1 : 0;
             break;
         }
         Py_ssize_t n = channel_take_locked(self, seg, h, req);
-        ss_plock_release(&h->cons_lock);
+        ss_plock_release(&h->cons_lock, me);
         if (n > 0 || req->freed)
             ss_wake_waiters(&h->space_event, &h->producers_waiting);
         if (n < 0)

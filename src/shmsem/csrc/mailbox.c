@@ -57,10 +57,11 @@ mailbox_publish(MailboxObject *self, PyObject *data)
                      view.len, (unsigned long long)self->capacity);
         goto done;
     }
-    int r = ss_plock_try(&h->writer_lock);
+    ss_lock_thread *me;
+    int r = ss_plock_try(&h->writer_lock, &me);
     if (r == SS_LOCK_TIMEOUT) {
         ss_deadline forever = {1, 0};
-        r = ss_plock_acquire(&h->writer_lock, &forever, seg);
+        r = ss_plock_acquire(&h->writer_lock, &forever, seg, &me);
     }
     if (r == SS_LOCK_ERROR)
         goto done;
@@ -80,7 +81,7 @@ mailbox_publish(MailboxObject *self, PyObject *data)
     atomic_store_explicit(&cell->lock_seq, odd + 1, memory_order_release);
     atomic_store_explicit(&h->state, (seq << 1) | c, memory_order_release);
 
-    ss_plock_release(&h->writer_lock);
+    ss_plock_release(&h->writer_lock, me);
     ss_wake_waiters(&h->event, &h->waiting);
     result = PyLong_FromUnsignedLongLong(seq);
 done:

@@ -49,20 +49,22 @@
 #define ROBUST_LIST_LIMIT 2048
 
 /* This thread's robust list and the nodes of ours on it, in list order. */
-typedef struct {
+struct ss_lock_thread {
     struct robust_list_head *head;   /* NULL until set up in this thread */
     long offset;                     /* futex word = node + offset */
     uint32_t tid;
     int nheld;
     struct robust_list *held[PLOCK_MAX_HELD];
     struct robust_list_head own;     /* registered when the C library had none */
-} robust_tls;
+};
+typedef struct ss_lock_thread robust_tls;
 
 static _Thread_local robust_tls tls_state;
 
 /* Reaching thread-local storage from a dlopen'ed module costs a call to
  * __tls_get_addr, which the compiler would repeat after every barrier:
- * fetch the address once per operation, through a call it cannot redo. */
+ * fetch the address once per lock, through a call it cannot redo, and hand
+ * it to the unlock (ss_lock_thread). */
 __attribute__((noinline)) static robust_tls *
 tls_self(void)
 {
@@ -226,7 +228,7 @@ claim(robust_tls *tls, ss_plock *lk, uint32_t *expected, uint32_t desired)
 }
 
 int
-ss_plock_try(ss_plock *lk)
+ss_plock_try(ss_plock *lk, ss_lock_thread **me)
 {
     robust_tls *tls = robust_ready();
     if (tls == NULL)
@@ -237,13 +239,13 @@ ss_plock_try(ss_plock *lk)
         PyErr_SetString(PyExc_RuntimeError, "shmsem: too many process locks held by one thread");
         return SS_LOCK_ERROR;
     }
+    *me = tls;
     return won ? SS_LOCK_OK : SS_LOCK_TIMEOUT;
 }
 
 void
-ss_plock_release(ss_plock *lk)
+ss_plock_release(ss_plock *lk, ss_lock_thread *tls)
 {
-    robust_tls *tls = tls_self(); /* set up: we hold the lock */
     struct robust_list *node = node_of(tls, lk);
     set_pending(tls, node);
     unlink_node(tls, node);
@@ -264,7 +266,7 @@ pass_wake_on(ss_plock *lk)
 }
 
 int
-ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
+ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg, ss_lock_thread **out)
 {
     robust_tls *tls = robust_ready();
     if (tls == NULL)
@@ -333,6 +335,7 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg)
     PyEval_RestoreThread(ts);
     if (result == SS_LOCK_RECOVERED)
         atomic_fetch_add_explicit(&lk->recoveries, 1, memory_order_relaxed);
+    *out = tls;
     return result;
 }
 
@@ -375,11 +378,13 @@ ss_lock_pair_ns(PyObject *module, PyObject *args)
             pthread_mutex_unlock(&mutex);
             continue;
         }
-        if (ss_plock_try(&lock) != SS_LOCK_OK) {
-            PyErr_SetString(PyExc_RuntimeError, "the benchmark lock is held");
+        ss_lock_thread *me;
+        if (ss_plock_try(&lock, &me) != SS_LOCK_OK) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "the benchmark lock is held");
             return NULL;
         }
-        ss_plock_release(&lock);
+        ss_plock_release(&lock, me);
     }
     return PyFloat_FromDouble((double)(ss_now_ns() - start) / (double)n);
 }

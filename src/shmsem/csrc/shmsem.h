@@ -277,17 +277,24 @@ typedef struct {
 
 enum { SS_LOCK_OK = 0, SS_LOCK_RECOVERED = 1, SS_LOCK_TIMEOUT = 2, SS_LOCK_ERROR = -1 };
 
-/* Fast path: try once, holding the GIL.  Returns SS_LOCK_OK, SS_LOCK_TIMEOUT
- * (held by someone), or SS_LOCK_ERROR with an exception set (no robust list
- * in this thread). */
-int ss_plock_try(ss_plock *lk);
+/* This thread's robust-list state (plock.c).  A successful lock hands it to
+ * the caller, which passes it back to the unlock: reaching thread-local
+ * storage from a dlopen'ed module costs a call, which this saves. */
+typedef struct ss_lock_thread ss_lock_thread;
+
+/* Fast path: try once, holding the GIL.  Returns SS_LOCK_OK (*me set),
+ * SS_LOCK_TIMEOUT (held by someone), or SS_LOCK_ERROR with an exception set
+ * (no robust list in this thread). */
+int ss_plock_try(ss_plock *lk, ss_lock_thread **me);
 /* Slow path: called with the GIL held, inside an operation on seg; releases
  * the GIL while waiting.  Returns SS_LOCK_OK / SS_LOCK_RECOVERED (the holder
- * died; counted in lk->recoveries) / SS_LOCK_TIMEOUT, or SS_LOCK_ERROR with
- * a Python exception set (a signal handler raised, or the segment is being
- * detached). */
-int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg);
-void ss_plock_release(ss_plock *lk);
+ * died; counted in lk->recoveries), both with *me set, SS_LOCK_TIMEOUT, or
+ * SS_LOCK_ERROR with a Python exception set (a signal handler raised, or the
+ * segment is being detached). */
+int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg,
+                     ss_lock_thread **me);
+/* Unlock, in the thread that locked, with the *me the lock gave. */
+void ss_plock_release(ss_plock *lk, ss_lock_thread *me);
 /* The holder's thread id as its own PID namespace numbers it; 0 when free. */
 uint32_t ss_plock_holder(ss_plock *lk);
 PyObject *ss_lock_pair_ns(PyObject *module, PyObject *args);
