@@ -45,6 +45,9 @@
 #define PLOCK_SLICE_NS 100000000LL
 /* Locks one thread may hold at once.  shmsem holds one at a time. */
 #define PLOCK_MAX_HELD 8
+#define LINK_FAILED                                                                   \
+    "shmsem: cannot put the lock on this thread's robust list (it holds too many "   \
+    "process locks, or its C library's list is damaged)"
 /* The kernel stops walking a robust list after this many entries. */
 #define ROBUST_LIST_LIMIT 2048
 
@@ -99,6 +102,10 @@ robust_setup(robust_tls *tls)
     size_t len = 0;
     if (syscall(SYS_get_robust_list, 0, &head, &len) != 0)
         return -1;
+    if (head != NULL && len != sizeof *head) {
+        errno = EPROTO; /* a list head of a layout this file does not know */
+        return -1;
+    }
     if (head == NULL) {
         tls->own.list.next = &tls->own.list;
         tls->own.futex_offset = -(long)SS_PLOCK_NODE;
@@ -217,8 +224,8 @@ claim(robust_tls *tls, ss_plock *lk, uint32_t *expected, uint32_t desired)
     set_pending(tls, node);
     int won = atomic_compare_exchange_strong(&lk->word, expected, desired);
     if (won && link_node(tls, node) < 0) {
-        /* No room on the list: give the lock back rather than hold it
-         * unprotected. */
+        /* No room on the list, or the C library's part of it cannot be
+         * walked: give the lock back rather than hold it unprotected. */
         atomic_store(&lk->word, *expected);
         ss_futex_wake(&lk->word, 1);
         won = -1;
@@ -236,7 +243,7 @@ ss_plock_try(ss_plock *lk, ss_lock_thread **me)
     uint32_t expected = 0;
     int won = claim(tls, lk, &expected, tls->tid);
     if (won < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "shmsem: too many process locks held by one thread");
+        PyErr_SetString(PyExc_RuntimeError, LINK_FAILED);
         return SS_LOCK_ERROR;
     }
     *me = tls;
@@ -257,12 +264,13 @@ ss_plock_release(ss_plock *lk, ss_lock_thread *tls)
 }
 
 /* A waiter that was woken but leaves without the lock passes the wake-up
- * on, so that the other sleepers do not wait for the next unlock. */
+ * on, so that the other sleepers do not wait for the next unlock.  The word
+ * tells nothing here: the unlock that woke us stored 0, clearing
+ * FUTEX_WAITERS, and only a waiter that takes the lock sets it again. */
 static void
 pass_wake_on(ss_plock *lk)
 {
-    if (atomic_load(&lk->word) & FUTEX_WAITERS)
-        ss_futex_wake(&lk->word, 1);
+    ss_futex_wake(&lk->word, 1);
 }
 
 int
@@ -290,8 +298,7 @@ ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg, ss_loc
             }
             if (won < 0) {
                 PyEval_RestoreThread(ts);
-                PyErr_SetString(PyExc_RuntimeError,
-                                "shmsem: too many process locks held by one thread");
+                PyErr_SetString(PyExc_RuntimeError, LINK_FAILED);
                 return SS_LOCK_ERROR;
             }
             continue;
