@@ -602,3 +602,98 @@ def test_c_peer_with_a_robust_list_of_its_own(make, run) -> None:
     run("--no-libc-list", "write", ch.id, 5, input=hexlines([b"from C"]))
     assert ch.get_bytes_nowait() == b"from C"
     assert ch.stats().recoveries == 0 and word(ch.id, "producer") == word(ch.id, "consumer") == 0
+
+
+# ---------------------------------------------------------------------------
+# Section 4: Mailbox
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Callable[[int], Mailbox]]:
+    made: list[Mailbox] = []
+
+    def factory(capacity: int) -> Mailbox:
+        mb = Mailbox.create(None, capacity)
+        made.append(mb)
+        return mb
+
+    yield factory
+    for mb in made:
+        if not mb.closed:
+            mb.close()
+
+
+def c_mailbox_read(run, mb: Mailbox) -> tuple[int, bytes]:
+    seq, _, hx = run("mb-read", mb.id).stdout.strip().partition(" ")
+    return int(seq), bytes.fromhex(hx)
+
+
+def test_mailbox_values_cross_both_ways(mailbox, run) -> None:
+    mb = mailbox(100)
+    assert c_mailbox_read(run, mb) == (0, b"")
+    rng = random.Random(9)
+    for i in range(1, 9):  # both cells, several times
+        value = payload(rng, rng.choice([0, 1, 63, 64, 100]))
+        if i % 2:
+            assert mb.publish(value) == i
+        else:
+            assert int(run("mb-publish", mb.id, value.hex()).stdout) == i
+        assert c_mailbox_read(run, mb) == (i, value)
+        assert mb.read() == (i, value)
+    run("mb-publish", mb.id, (b"x" * 101).hex(), expect=EXIT_USAGE)
+    assert mb.read()[0] == 8 and mb.stats()["recoveries"] == 0
+
+
+def test_a_live_c_mailbox_writer_is_waited_for_until_killed(mailbox, background, child) -> None:
+    """The C peer holds the writer lock; a Python publish (in a child: it has
+    no timeout) sleeps on it and publishes once the C holder is killed,
+    taking the lock over."""
+    mb = mailbox(100)
+    c = background("hold", mb.id, "writer")
+    c.expect("held")
+    assert word(mb.id, "writer") == c.pid and mb.stats()["writer_lock_pid"] == c.pid
+    py = child(f"""
+        from shmsem import Mailbox
+        mb = Mailbox.from_id({mb.id})
+        print(mb.publish(b"from Python"), flush=True)
+    """)
+    wait_until(lambda: word(mb.id, "writer") & FUTEX_WAITERS, "the Python writer to sleep on the lock")
+    assert py.proc.poll() is None and mb.read() == (0, b"")
+    assert mb.stats()["recoveries"] == 0
+    c.kill()
+    py.expect("1", timeout=WAIT)
+    assert py.wait(WAIT) == 0
+    assert mb.read() == (1, b"from Python")
+    s = mb.stats()
+    assert s["recoveries"] == 1 and s["writer_lock_pid"] == 0
+
+
+def test_c_takes_over_the_mailbox_lock_of_a_killed_python_writer(mailbox, child, run) -> None:
+    big = 8 << 20
+    mb = mailbox(big)
+    for _attempt in range(8):
+        c = child(f"""
+            from shmsem import Mailbox
+            mb = Mailbox.from_id({mb.id})
+            data = bytes({big})
+            print("ready", flush=True)
+            while True:
+                mb.publish(data)
+        """)
+        c.expect("ready")
+        died_holding = kill_in_lock(c.pid, lambda: mb.stats()["writer_lock_pid"], 10.0)
+        c.proc.wait(WAIT)
+        if not died_holding:
+            continue
+        assert word(mb.id, "writer") & ~FUTEX_WAITERS == FUTEX_OWNER_DIED
+        seq, value = mb.read()
+        assert value == (bytes(big) if seq else b"")  # never a torn value
+        before = mb.stats()["recoveries"]
+        r = run("mb-publish", mb.id, "c0ffee")
+        assert "recovered writer lock" in r.stderr
+        assert int(r.stdout) == seq + 1
+        assert mb.read() == (seq + 1, b"\xc0\xff\xee")
+        assert mb.stats()["recoveries"] == before + 1
+        assert mb.stats()["writer_lock_pid"] == 0
+        return
+    pytest.fail("never caught the Python writer inside the lock")
