@@ -303,9 +303,9 @@ static int lock(const struct plock *l, int64_t deadline)
         }
         int64_t t = now_ns();
         if (t >= deadline) {
-            /* A wake-up meant for one sleeper that we do not use: pass it on.
-             * The unlock that sent it cleared FUTEX_WAITERS, so the bit no
-             * longer says whether others sleep (docs/protocol.md, step 4). */
+            /* Step 4: a wake-up meant for one sleeper that we do not use is
+             * passed on, whatever the word holds (the unlock that sent it
+             * cleared FUTEX_WAITERS). */
             if (woken)
                 futex_wake(l->word, 1);
             return -1;
@@ -317,7 +317,11 @@ static int lock(const struct plock *l, int64_t deadline)
         if (!(v & FUTEX_WAITERS) &&
             !atomic_compare_exchange_strong(l->word, &v, v | FUTEX_WAITERS))
             continue;
-        int r = futex_wait(l->word, v | FUTEX_WAITERS, deadline - t);
+        int64_t slice = 100000000LL; /* at most 100 ms: a woken waiter killed before
+                                      * it took the lock takes the wake-up along */
+        if (deadline - t < slice)
+            slice = deadline - t;
+        int r = futex_wait(l->word, v | FUTEX_WAITERS, slice);
         slept = 1;
         woken = r == 0;
     }
