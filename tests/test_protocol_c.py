@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS, kill_in_lock
+from proc_helpers import FUTEX_OWNER_DIED, FUTEX_WAITERS, kill_in_lock
 
 import shmsem
 from shmsem import Channel, Mailbox, SharedMemory
