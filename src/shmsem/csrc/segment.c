@@ -164,12 +164,16 @@ typedef struct {
     SegmentObject *seg;
 } PinObject;
 
+/* Pins are made only by segment_getbuffer, so seg is never NULL; the checks
+ * below are for a pin built some other way (see SS_TPFLAGS_NO_NEW). */
 static void
 pin_dealloc(PinObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    self->seg->exports--;
-    Py_DECREF(self->seg);
+    if (self->seg != NULL) {
+        self->seg->exports--;
+        Py_DECREF(self->seg);
+    }
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -180,6 +184,10 @@ pin_getbuffer(PinObject *self, Py_buffer *view, int flags)
     /* Only reached if someone asks the pin itself for a buffer again. */
     SegmentObject *seg = self->seg;
     view->obj = NULL;
+    if (seg == NULL) {
+        PyErr_SetString(PyExc_BufferError, "this segment pin belongs to no segment");
+        return -1;
+    }
     if (seg->addr == NULL) { /* cannot happen while this pin lives; be safe */
         ss_segment_raise(seg, "closed", "shared memory segment is detached");
         return -1;
@@ -188,6 +196,7 @@ pin_getbuffer(PinObject *self, Py_buffer *view, int flags)
 }
 
 static PyType_Slot pin_slots[] = {
+    SS_SLOT_NO_NEW
     {Py_tp_dealloc, pin_dealloc},
     {Py_bf_getbuffer, pin_getbuffer},
     {Py_tp_doc, "Keeps a segment mapped while a view of it exists."},
@@ -197,7 +206,7 @@ static PyType_Slot pin_slots[] = {
 PyType_Spec ss_pin_spec = {
     .name = "shmsem._core.SegmentPin",
     .basicsize = sizeof(PinObject),
-    .flags = Py_TPFLAGS_DEFAULT,
+    .flags = Py_TPFLAGS_DEFAULT | SS_TPFLAGS_NO_NEW,
     .slots = pin_slots,
 };
 
