@@ -100,17 +100,26 @@ segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
 
-    struct shmid_ds ds;
-    if (shmctl(shmid, IPC_STAT, &ds) < 0)
-        return ss_raise_errno(st, "shmctl(IPC_STAT)", NULL, shmid);
-    if (ds.shm_segsz > (size_t)PY_SSIZE_T_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "segment is larger than this process can map");
-        return NULL;
-    }
-
+    /* Attach first, then read the size.  The other order is a race: if the
+     * segment were removed and its id reused by a smaller one between the
+     * IPC_STAT and the shmat, every bounds check would use the old, larger
+     * size against the new mapping.  Once attached, the segment cannot go
+     * away (IPC_RMID only marks it) and its id cannot be reused, so the
+     * IPC_STAT that follows describes exactly what we mapped. */
     void *addr = shmat(shmid, NULL, readonly ? SHM_RDONLY : 0);
     if (addr == (void *)-1)
         return ss_raise_errno(st, "shmat", NULL, shmid);
+    struct shmid_ds ds;
+    if (shmctl(shmid, IPC_STAT, &ds) < 0) {
+        ss_raise_errno(st, "shmctl(IPC_STAT)", NULL, shmid);
+        shmdt(addr);
+        return NULL;
+    }
+    if (ds.shm_segsz > (size_t)PY_SSIZE_T_MAX) { /* cannot be mapped, but be safe */
+        shmdt(addr);
+        PyErr_SetString(PyExc_OverflowError, "segment is larger than this process can map");
+        return NULL;
+    }
 
     SegmentObject *self = (SegmentObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
