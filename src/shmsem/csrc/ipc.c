@@ -6,6 +6,8 @@
 
 #include <limits.h>
 #include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 union ss_semun {
     int val;
@@ -313,7 +315,10 @@ ipc_semctl(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_ValueError, "unsupported semctl command %d", cmd);
         return NULL;
     }
-    if (num < 0 || num > 65535) {
+    /* Not capped at 65535: that bounds semop's sem_num, but a set may have
+     * up to SEMMSL members, and semctl reaches them all (the kernel checks
+     * the index against the set). */
+    if (num < 0) {
         PyErr_Format(PyExc_ValueError, "semaphore index %d is out of range", num);
         return NULL;
     }
@@ -330,6 +335,11 @@ sem_nsems(ss_state *st, int id, struct semid_ds *ds, PyObject *key)
     union ss_semun arg = {.buf = ds};
     if (semctl(id, 0, IPC_STAT, arg) < 0) {
         ss_raise_errno(st, "semctl(IPC_STAT)", key, id);
+        return -1;
+    }
+    if (ds->sem_nsems > INT_MAX) { /* the kernel's own limit is far lower */
+        PyErr_Format(PyExc_OverflowError, "semaphore set id=%d reports %lu members", id,
+                     (unsigned long)ds->sem_nsems);
         return -1;
     }
     return (int)ds->sem_nsems;
@@ -353,27 +363,58 @@ ipc_sem_stat(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                          (long long)ds.sem_otime, (long long)ds.sem_ctime);
 }
 
-/* GETALL and SETALL move as many values as the set has *when they run*.  If
- * the id were reused by a larger set after our IPC_STAT, a buffer of the
- * size we saw would overflow, so it is never smaller than SEMMSL (the first
- * field of kernel.sem, the most a set can have). */
-static size_t
-semall_buffer_len(int n)
+/* GETALL and SETALL move as many values as the set has *when they run*, and
+ * the kernel is given no length.  The buffer is sized from the IPC_STAT just
+ * before (never from SEMMSL, which can be raised to anything: the 16 bits of
+ * sem_num limit semop, not the size of a set).  Should the id be removed and
+ * reused by a larger set in between, the kernel would write (GETALL) or read
+ * (SETALL) past the end of the buffer; so the buffer ends exactly where an
+ * inaccessible guard page begins, and the kernel then fails with EFAULT
+ * instead of touching anything else of ours. */
+typedef struct {
+    void *map;
+    size_t maplen;
+} semall_buf;
+
+static unsigned short *
+semall_alloc(semall_buf *b, int n)
 {
-    long semmsl = 32000;
-    FILE *f = fopen("/proc/sys/kernel/sem", "r");
-    if (f != NULL) {
-        if (fscanf(f, "%ld", &semmsl) != 1)
-            semmsl = 32000;
-        fclose(f);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t bytes = (size_t)n * sizeof(unsigned short);  /* 0 <= n <= INT_MAX: no overflow */
+    size_t data = (bytes + page - 1) / page * page;
+    b->maplen = data + page;
+    b->map = mmap(NULL, b->maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->map == MAP_FAILED) {
+        b->map = NULL;
+        PyErr_NoMemory();
+        return NULL;
     }
-    if (semmsl < n)
-        semmsl = n;
-    if (semmsl < 1)
-        semmsl = 1;
-    if (semmsl > 65536)
-        semmsl = 65536; /* sem_num is 16 bits: no set can be larger */
-    return (size_t)semmsl;
+    if (mprotect((char *)b->map + data, page, PROT_NONE) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        munmap(b->map, b->maplen);
+        b->map = NULL;
+        return NULL;
+    }
+    return (unsigned short *)((char *)b->map + data - bytes);
+}
+
+static void
+semall_free(semall_buf *b)
+{
+    if (b->map != NULL)
+        munmap(b->map, b->maplen);
+    b->map = NULL;
+}
+
+/* GETALL/SETALL failed: EFAULT means the guard page above stopped the kernel. */
+static void
+semall_raise(ss_state *st, const char *syscall, PyObject *key, int id)
+{
+    if (errno == EFAULT)
+        ss_raise(st, "os", EIDRM, syscall, key, id,
+                 "its id was reused by a larger set while the values were being moved");
+    else
+        ss_raise_errno(st, syscall, key, id);
 }
 
 static PyObject *
@@ -388,13 +429,14 @@ ipc_sem_getall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int n = sem_nsems(st, id, &ds, key);
     if (n < 0)
         return NULL;
-    unsigned short *vals = PyMem_Calloc(semall_buffer_len(n), sizeof(unsigned short));
+    semall_buf buf;
+    unsigned short *vals = semall_alloc(&buf, n);
     if (vals == NULL)
-        return PyErr_NoMemory();
+        return NULL;
     union ss_semun su = {.array = vals};
     PyObject *result = NULL;
     if (semctl(id, 0, GETALL, su) < 0) {
-        ss_raise_errno(st, "semctl(GETALL)", key, id);
+        semall_raise(st, "semctl(GETALL)", key, id);
     } else if ((result = PyTuple_New(n)) != NULL) {
         for (int i = 0; i < n; i++) {
             PyObject *v = PyLong_FromLong(vals[i]);
@@ -405,7 +447,7 @@ ipc_sem_getall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyTuple_SET_ITEM(result, i, v);
         }
     }
-    PyMem_Free(vals);
+    semall_free(&buf);
     return result;
 }
 
@@ -423,7 +465,7 @@ ipc_sem_setall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     struct semid_ds ds;
     int n = sem_nsems(st, id, &ds, key);
     PyObject *result = NULL;
-    unsigned short *vals = NULL;
+    semall_buf buf = {NULL, 0};
     if (n < 0)
         goto done;
     if (PySequence_Fast_GET_SIZE(seq) != n) {
@@ -431,11 +473,9 @@ ipc_sem_setall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      PySequence_Fast_GET_SIZE(seq));
         goto done;
     }
-    vals = PyMem_Calloc(semall_buffer_len(n), sizeof(unsigned short));
-    if (vals == NULL) {
-        PyErr_NoMemory();
+    unsigned short *vals = semall_alloc(&buf, n);
+    if (vals == NULL)
         goto done;
-    }
     for (int i = 0; i < n; i++) {
         int v;
         if (get_int(PySequence_Fast_GET_ITEM(seq, i), "semaphore value", &v) < 0)
@@ -449,12 +489,12 @@ ipc_sem_setall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     union ss_semun su = {.array = vals};
     if (semctl(id, 0, SETALL, su) < 0) {
-        ss_raise_errno(st, "semctl(SETALL)", key, id);
+        semall_raise(st, "semctl(SETALL)", key, id);
         goto done;
     }
     result = Py_NewRef(Py_None);
 done:
-    PyMem_Free(vals);
+    semall_free(&buf);
     Py_DECREF(seq);
     return result;
 }

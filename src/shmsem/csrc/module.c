@@ -27,6 +27,15 @@ ss_state_from_type(PyTypeObject *tp)
     return NULL;
 }
 
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+PyObject *
+ss_no_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyErr_Format(PyExc_TypeError, "cannot create '%.100s' instances", type->tp_name);
+    return NULL;
+}
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* Errors: every one goes through shmsem.errors._from_core(kind, errno,
  * syscall, key, id, detail), which returns the exception to raise. */

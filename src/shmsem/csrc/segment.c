@@ -100,17 +100,26 @@ segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
 
-    struct shmid_ds ds;
-    if (shmctl(shmid, IPC_STAT, &ds) < 0)
-        return ss_raise_errno(st, "shmctl(IPC_STAT)", NULL, shmid);
-    if (ds.shm_segsz > (size_t)PY_SSIZE_T_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "segment is larger than this process can map");
-        return NULL;
-    }
-
+    /* Attach first, then read the size.  The other order is a race: if the
+     * segment were removed and its id reused by a smaller one between the
+     * IPC_STAT and the shmat, every bounds check would use the old, larger
+     * size against the new mapping.  Once attached, the segment cannot go
+     * away (IPC_RMID only marks it) and its id cannot be reused, so the
+     * IPC_STAT that follows describes exactly what we mapped. */
     void *addr = shmat(shmid, NULL, readonly ? SHM_RDONLY : 0);
     if (addr == (void *)-1)
         return ss_raise_errno(st, "shmat", NULL, shmid);
+    struct shmid_ds ds;
+    if (shmctl(shmid, IPC_STAT, &ds) < 0) {
+        ss_raise_errno(st, "shmctl(IPC_STAT)", NULL, shmid);
+        shmdt(addr);
+        return NULL;
+    }
+    if (ds.shm_segsz > (size_t)PY_SSIZE_T_MAX) { /* cannot be mapped, but be safe */
+        shmdt(addr);
+        PyErr_SetString(PyExc_OverflowError, "segment is larger than this process can map");
+        return NULL;
+    }
 
     SegmentObject *self = (SegmentObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -164,12 +173,16 @@ typedef struct {
     SegmentObject *seg;
 } PinObject;
 
+/* Pins are made only by segment_getbuffer, so seg is never NULL; the checks
+ * below are for a pin built some other way (see SS_TPFLAGS_NO_NEW). */
 static void
 pin_dealloc(PinObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    self->seg->exports--;
-    Py_DECREF(self->seg);
+    if (self->seg != NULL) {
+        self->seg->exports--;
+        Py_DECREF(self->seg);
+    }
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -180,6 +193,10 @@ pin_getbuffer(PinObject *self, Py_buffer *view, int flags)
     /* Only reached if someone asks the pin itself for a buffer again. */
     SegmentObject *seg = self->seg;
     view->obj = NULL;
+    if (seg == NULL) {
+        PyErr_SetString(PyExc_BufferError, "this segment pin belongs to no segment");
+        return -1;
+    }
     if (seg->addr == NULL) { /* cannot happen while this pin lives; be safe */
         ss_segment_raise(seg, "closed", "shared memory segment is detached");
         return -1;
@@ -188,6 +205,7 @@ pin_getbuffer(PinObject *self, Py_buffer *view, int flags)
 }
 
 static PyType_Slot pin_slots[] = {
+    SS_SLOT_NO_NEW
     {Py_tp_dealloc, pin_dealloc},
     {Py_bf_getbuffer, pin_getbuffer},
     {Py_tp_doc, "Keeps a segment mapped while a view of it exists."},
@@ -197,7 +215,7 @@ static PyType_Slot pin_slots[] = {
 PyType_Spec ss_pin_spec = {
     .name = "shmsem._core.SegmentPin",
     .basicsize = sizeof(PinObject),
-    .flags = Py_TPFLAGS_DEFAULT,
+    .flags = Py_TPFLAGS_DEFAULT | SS_TPFLAGS_NO_NEW,
     .slots = pin_slots,
 };
 

@@ -232,8 +232,14 @@ sem_acquire(SemObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     int probe_failed;
     if (!probe)
         self->skip_probe--;
+    /* A reference of our own: while we wait without the GIL, another thread
+     * may _bind this handle again, which drops the handle's key; ours is
+     * what an error names afterwards. */
+    PyObject *key = self->key;  /* NULL only after tp_clear */
+    Py_XINCREF(key);
     int r = ss_semop_ex(self->state, self->semid, &op, &op_nowait, 1, blocking, probe, &dl,
-                        self->key, &probe_failed);
+                        key, &probe_failed);
+    Py_XDECREF(key);
     if (probe && blocking) {
         if (probe_failed) {
             self->skip_len = self->skip_len == 0 ? SKIP_PROBE_MIN
@@ -340,7 +346,7 @@ sem_get_num(SemObject *self, void *closure)
 static PyObject *
 sem_get_key(SemObject *self, void *closure)
 {
-    return Py_NewRef(self->key);
+    return Py_NewRef(self->key != NULL ? self->key : Py_None);
 }
 
 static PyObject *

@@ -40,6 +40,19 @@ Py_NewRef(PyObject *o)
 }
 #endif
 
+/* A type whose objects only the C core makes (Python must get a TypeError,
+ * never a half-built object) puts SS_TPFLAGS_NO_NEW in its spec's flags and
+ * SS_SLOT_NO_NEW first in its slots.  Python 3.10 and later have a flag for
+ * this; 3.9 would inherit object's tp_new, so it gets one that refuses. */
+#ifdef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#define SS_TPFLAGS_NO_NEW Py_TPFLAGS_DISALLOW_INSTANTIATION
+#define SS_SLOT_NO_NEW
+#else
+#define SS_TPFLAGS_NO_NEW 0
+#define SS_SLOT_NO_NEW {Py_tp_new, (void *)ss_no_new},
+PyObject *ss_no_new(PyTypeObject *type, PyObject *args, PyObject *kwds);
+#endif
+
 #ifndef SHMSEM_VERSION
 #error "SHMSEM_VERSION must be defined by the build (setup.py)"
 #endif
