@@ -860,6 +860,45 @@ def test_stats_shows_a_sleeping_consumer(make) -> None:
     assert r.join() == b"wake"
 
 
+@pytest.mark.parametrize("how", ["get", "put", "wait_readable", "wait_writable", "interrupted"])
+def test_a_sleeper_that_leaves_unregisters(make, how) -> None:
+    """Issue 8, finding 10: a call that slept and left without being woken
+    (timed out, or a signal handler raised) leaves consumers_waiting
+    (producers_waiting) at 0 when nobody else sleeps.  A stale 1 would cost
+    every later put (get) a futex wake that wakes nobody."""
+
+    class Alarm(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Alarm
+
+    ch = make(64)
+    if how in ("put", "wait_writable"):
+        ch.put_bytes(b"x" * ch.max_message_size)
+    if how == "get":
+        with pytest.raises(queue.Empty):
+            ch.get_bytes(timeout=0.05)
+    elif how == "put":
+        with pytest.raises(queue.Full):
+            ch.put_bytes(b"y", timeout=0.05)
+    elif how == "wait_readable":
+        assert ch._wait_readable(0.05) is False
+    elif how == "wait_writable":
+        assert ch._wait_writable(1, 0.05) is False
+    else:
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Alarm):
+                ch.get_bytes(timeout=WAIT)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+    s = ch.stats()
+    assert (s.consumers_waiting, s.producers_waiting) == (False, False)
+
+
 # ---------------------------------------------------------------------------
 # create / open / create-or-open
 

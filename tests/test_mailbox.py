@@ -181,6 +181,18 @@ def test_wait_in_a_thread_is_woken_by_publish(make) -> None:
     assert result == [(1, b"wake")]
 
 
+def test_a_wait_that_times_out_unregisters(make) -> None:
+    """Issue 8, finding 10: a wait() that slept and timed out with nobody
+    else waiting leaves `waiting` at 0, so that publish() makes no futex
+    wake for nobody."""
+    mb = make(100)
+    assert mb.wait(0, timeout=0.05) is None
+    assert mb.stats()["waiting"] == 0
+    mb.publish(b"x")
+    assert mb.wait(1, timeout=0.05) is None
+    assert mb.stats()["waiting"] == 0
+
+
 def test_wait_forever_is_woken(make) -> None:
     mb = make(100)
     result: list[Any] = []

@@ -70,6 +70,7 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
         return 0;
     int single_cpu = ncpus_allowed() <= 1;
     int result = 0;
+    int registered = 0; /* set `waiting` at least once: see unregister */
 
     PyThreadState *ts = PyEval_SaveThread();
 
@@ -114,15 +115,19 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
      * signal that arrived while we were spinning interrupted nothing. */
     for (;;) {
         PyEval_RestoreThread(ts);
-        if (PyErr_CheckSignals() < 0)
-            return -1;
+        if (PyErr_CheckSignals() < 0) {
+            result = -1;
+            goto unregister;
+        }
         if (seg->closing) {
             ss_segment_raise(seg, "closed", "the segment was detached while waiting");
-            return -1;
+            result = -1;
+            goto unregister;
         }
         ts = PyEval_SaveThread();
         uint32_t e = atomic_load(event);
         atomic_store(waiting, 1);
+        registered = 1;
         atomic_thread_fence(memory_order_seq_cst);
         if (ready(ctx)) {
             result = 1;
@@ -146,6 +151,17 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
     }
 done:
     PyEval_RestoreThread(ts);
+unregister:
+    /* Leaving unwoken (ready on our own re-check, timed out, interrupted)
+     * may leave `waiting` at 1 with nobody asleep, and then every publish
+     * on the other side pays a futex wake for nobody.  We cannot tell
+     * whether other sleepers, in any process, registered too, so clear it
+     * the way the other side does: clear, bump the event, wake them all.
+     * Each one re-registers before it sleeps again (protocol.md 3.5 steps
+     * 2-4), so no wake-up is lost; if nobody sleeps, this is the one wake
+     * the next publish would have made. */
+    if (registered)
+        ss_wake_waiters(event, waiting);
     return result;
 }
 
