@@ -1508,6 +1508,59 @@ def test_close_while_another_thread_waits_is_all_or_nothing(make) -> None:
         getter.thread.join(WAIT)  # so that the fixture can close it
 
 
+@pytest.mark.parametrize("side", ["get", "put"])
+def test_close_with_a_view_alive_refuses_and_changes_nothing(make, side) -> None:
+    """Issue 8, finding 7: while a view of the channel's own segment is
+    alive, close() raises BufferError before it changes anything: the
+    handle stays open and usable, and a thread blocked in it (timeout=None)
+    goes on waiting and completes normally.  Once the view is gone, close()
+    succeeds and a thread blocked with timeout=None gets ClosedError."""
+    ch = make(64)
+    filler = b"x" * ch.max_message_size
+    if side == "put":
+        ch.put_bytes(filler)
+        call: Callable[[], Any] = lambda: ch.put_bytes(b"y")
+        flag = "producers_waiting"
+    else:
+        call = lambda: ch.get_bytes()
+        flag = "consumers_waiting"
+
+    def asleep() -> None:
+        deadline = time.monotonic() + WAIT
+        while not getattr(ch.stats(), flag):
+            assert time.monotonic() < deadline, "the thread never slept"
+            time.sleep(0.005)
+
+    view = ch._shm.buf  # type: ignore[union-attr]
+    first = Runner(call)
+    try:
+        asleep()
+        with pytest.raises(BufferError):
+            ch.close()
+        assert not ch.closed
+        assert first.thread.is_alive()
+        if side == "put":
+            assert ch.get_bytes() == filler
+            assert first.join() is None
+            assert ch.get_bytes() == b"y"
+            ch.put_bytes(filler)
+        else:
+            ch.put_bytes(b"after a refused close")
+            assert first.join() == b"after a refused close"
+        second = Runner(call)
+        asleep()
+        view.release()
+        ch.close()
+        assert ch.closed
+        with pytest.raises(ClosedError):
+            second.join()
+    finally:
+        view.release()
+        if not ch.closed:  # a failed check: unblock the threads
+            ch.put_bytes(b"") if side == "get" else ch.get_bytes(block=False)
+        first.thread.join(WAIT)
+
+
 def test_large_records_restart_at_the_ring_start(make) -> None:
     """Into an empty ring, a record of 64 KiB or more that would start deep
     enough in the ring for itself to fit before that point starts at offset 0,

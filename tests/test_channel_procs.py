@@ -1051,3 +1051,51 @@ def test_a_sleeper_leaving_never_strands_the_others(make, child, no_slice_shim, 
     finally:
         if mb is not None:
             mb.close()
+
+
+@pytest.mark.parametrize("what", ["get", "put", "recv_into", "wait_readable", "mailbox"])
+def test_close_wakes_a_thread_blocked_forever(make, child, no_slice_shim, what) -> None:
+    """Issue 8, finding 7: a thread blocked with timeout=None in a Channel
+    get/put (or Mailbox.wait) gets ClosedError when another thread closes the
+    handle.  Under the no-slice shim a wake that close() misses is a hang
+    rather than a 100 ms delay, so "at once" is checked without timing."""
+    ch = make(64)
+    mb = Mailbox.create(None, 64)
+    if what == "put":
+        ch.put_bytes(b"x" * ch.max_message_size)
+    call = {
+        "get": "ch.get_bytes()",
+        "put": "ch.put_bytes(b'y')",
+        "recv_into": "ch.recv_into(bytearray(64))",
+        "wait_readable": "ch._wait_readable(None)",
+        "mailbox": "mb.wait(0)",
+    }[what]
+    obj = "mb" if what == "mailbox" else "ch"
+    try:
+        c = child(child_code(ch.id, f"""
+            import threading
+            from pathlib import Path
+            from shmsem import ClosedError, Mailbox
+            mb = Mailbox.from_id({mb.id})
+            box, tid = [], []
+            def run():
+                tid.append(threading.get_native_id())
+                try:
+                    box.append({call})
+                except BaseException as e:
+                    box.append(e)
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            deadline = time.monotonic() + 20
+            while not tid or "futex" not in Path(f"/proc/self/task/{{tid[0]}}/wchan").read_text():
+                assert time.monotonic() < deadline, "the thread never slept"
+                time.sleep(0.005)
+            time.sleep(0.05)  # past its spin, asleep on the wait engine's futex
+            {obj}.close()
+            t.join(20)
+            print("alive" if t.is_alive() else type(box[0]).__name__, flush=True)
+        """), env=shim_env(no_slice_shim))
+        c.expect("ClosedError", timeout=WAIT)
+        assert c.wait() == 0
+    finally:
+        mb.close()

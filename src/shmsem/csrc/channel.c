@@ -133,6 +133,12 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
             result = 1;
             break;
         }
+        /* close() by another thread marks closing before it bumps the
+         * event: if our e is the bumped value we see closing here, else the
+         * futex_wait below returns at once.  (A plain int written under
+         * the GIL, read here without it.) */
+        if (__atomic_load_n(&seg->closing, __ATOMIC_ACQUIRE))
+            continue;
         int64_t slice = SS_SLEEP_SLICE_NS;
         if (!dl->infinite) {
             int64_t rem = ss_remaining_ns(dl);
