@@ -11,6 +11,7 @@ fixture that made it.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import pickle
@@ -862,6 +863,256 @@ def test_stats_shows_a_sleeping_consumer(make) -> None:
     assert r.join() == b"wake"
 
 
+@pytest.mark.parametrize("how", ["get", "put", "wait_readable", "wait_writable", "interrupted"])
+def test_a_sleeper_that_leaves_unregisters(make, how) -> None:
+    """Issue 8, finding 10: a call that slept and left without being woken
+    (timed out, or a signal handler raised) leaves consumers_waiting
+    (producers_waiting) at 0 when nobody else sleeps.  A stale 1 would cost
+    every later put (get) a futex wake that wakes nobody."""
+
+    class Alarm(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Alarm
+
+    ch = make(64)
+    if how in ("put", "wait_writable"):
+        ch.put_bytes(b"x" * ch.max_message_size)
+    if how == "get":
+        with pytest.raises(queue.Empty):
+            ch.get_bytes(timeout=0.05)
+    elif how == "put":
+        with pytest.raises(queue.Full):
+            ch.put_bytes(b"y", timeout=0.05)
+    elif how == "wait_readable":
+        assert ch._wait_readable(0.05) is False
+    elif how == "wait_writable":
+        assert ch._wait_writable(1, 0.05) is False
+    else:
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Alarm):
+                ch.get_bytes(timeout=WAIT)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+    s = ch.stats()
+    assert (s.consumers_waiting, s.producers_waiting) == (False, False)
+
+
+# ---------------------------------------------------------------------------
+# Allocation failures while taking (issue 8, finding 5)
+
+NOMEMORY_SWEEP = r"""
+import asyncio, json, sys
+import _testcapi
+import numpy as np
+from shmsem import Channel
+from shmsem.channel import _decode
+
+ch = Channel.from_id(SHMID)
+PAD = b"." * 300  # recv_into's length is then an int that must be allocated
+BUF = bytearray(1024)
+box = [None, None]
+
+
+def fill(mixed):
+    drain()
+    if mixed:  # one record of each kind: a pickle, one with an out-of-band buffer, bytes
+        ch.put({"i": 0, "pad": PAD})
+        ch.put(np.frombuffer(b"001" + PAD, dtype=np.uint8))
+    else:
+        ch.put_bytes(b"000" + PAD)
+        ch.put_bytes(b"001" + PAD)
+    ch.put_bytes(b"002" + PAD)
+
+
+def drain():
+    out = []
+    while True:
+        try:
+            out.append(ch._get_record(False))
+        except Exception:
+            return out
+
+
+def ident(x):
+    if isinstance(x, dict):
+        return x["i"]
+    if isinstance(x, (bytes, bytearray, np.ndarray)):
+        return int(bytes(x[:3]))
+    if isinstance(x, tuple):  # a raw (kind, payload) record
+        return ident(_decode(*x))
+    raise AssertionError(repr(x)[:80])
+
+
+def idents(op, result):
+    if result is None:
+        return []
+    if op == "recv_into":
+        return [ident(BUF[:result])]
+    if op == "_get_records" and result and isinstance(result[0], int):  # [k, p, k, p, ...]
+        result = list(zip(result[::2], result[1::2]))
+    if isinstance(result, list):
+        return [ident(x) for x in result]
+    return [ident(result)]
+
+
+OPS = {
+    "get_bytes": (False, lambda: ch.get_bytes()),
+    "get_bytes_nowait": (False, lambda: ch.get_bytes_nowait()),
+    "_get_record": (False, lambda: ch._get_record(False)),
+    "get_many_bytes": (False, lambda: ch.get_many_bytes(None, False)),
+    "_get_records": (False, lambda: ch._get_records(None, False)),
+    "recv_into": (False, lambda: ch.recv_into(BUF)),
+    "get": (True, lambda: ch.get()),
+    "get_nowait": (True, lambda: ch.get_nowait()),
+    "get_many": (True, lambda: ch.get_many()),
+    "get_async": (True, None),
+}
+PYTHON_LAYER = {"get", "get_nowait", "get_many", "get_async"}
+
+
+def no_free_pairs():
+    # Pairs come from a free list that the allocator hooks never see: hold
+    # enough of them that those the call makes come from the allocator.
+    return [(i, None) for i in range(2100)]
+
+
+def attempt(fn, start, stop):
+    # Nothing between the hooks allocates but the call itself.
+    box[0] = box[1] = None
+    held = no_free_pairs()
+    _testcapi.set_nomemory(start, stop)
+    plug = (held, box)  # takes back the pair of set_nomemory's own arguments
+    try:
+        box[0] = fn()
+    except BaseException as e:
+        box[1] = e
+    finally:
+        _testcapi.remove_mem_hooks()
+    del held, plug
+
+
+async def attempt_async(start, stop):
+    box[0] = box[1] = None
+    held = no_free_pairs()
+    _testcapi.set_nomemory(start, stop)
+    plug = (held, box)  # takes back the pair of set_nomemory's own arguments
+    try:
+        box[0] = await ch.get_async()
+    except BaseException as e:
+        box[1] = e
+    finally:
+        _testcapi.remove_mem_hooks()
+    del held, plug
+
+
+report = {"lost": [], "injected": {}, "errors": {}}
+
+
+async def sweep(op):
+    mixed, fn = OPS[op]
+    # One allocation fails (the n-th); and, for the C core alone, every
+    # allocation from the n-th on.  The Python layer hands a message back on
+    # the exception it raises, which takes a little memory itself.
+    modes = ["one"] if op in PYTHON_LAYER else ["one", "all"]
+    for mode in modes:
+        for n in range(400):
+            fill(mixed)
+            stop = n + 1 if mode == "one" else 0
+            if fn is None:
+                await attempt_async(n, stop)
+            else:
+                attempt(fn, n, stop)
+            result, err = box
+            box[0] = box[1] = None
+            if isinstance(err, MemoryError):
+                report["injected"][op] = report["injected"].get(op, 0) + 1
+            elif err is not None:
+                name = type(err).__name__
+                report["errors"].setdefault(op, []).append(name)
+            delivered = idents(op, result)
+            handed = [ident(r) for r in getattr(err, "undelivered", [])]
+            remaining = [ident(r) for r in drain()]
+            if delivered + handed + remaining != [0, 1, 2]:
+                report["lost"].append(dict(op=op, mode=mode, n=n, error=repr(err)[:80],
+                                           delivered=delivered, handed=handed,
+                                           remaining=remaining))
+
+
+async def main():
+    for op in OPS:
+        await sweep(op)
+
+
+asyncio.run(main())
+print(json.dumps(report), flush=True)
+"""
+
+
+def test_an_allocation_failure_while_taking_loses_no_message(make, child) -> None:
+    """Issue 8, finding 5.  Every way of taking messages, in the C core
+    (get_bytes, _get_record, get_many_bytes, _get_records, recv_into) and in
+    the Python layer (get, get_many, their _nowait and async forms), is run
+    with one allocation failing, for each allocation it makes in turn, and
+    for the C core also with every allocation failing from some point on
+    (_testcapi.set_nomemory, in a child).  Each time, the three queued
+    messages must all be accounted for, in order: returned, handed back on
+    the exception (``exc.undelivered``), or still queued.  A MemoryError in
+    the C core must leave its message queued: the result is allocated before
+    head moves."""
+    pytest.importorskip("_testcapi")
+    ch = make(1 << 16)
+    c = child(NOMEMORY_SWEEP.replace("SHMID", str(ch.id)))
+    rc, out, err = c.finish(timeout=300)
+    assert rc == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["lost"] == [], "messages lost:\n" + "\n".join(
+        json.dumps(x) for x in report["lost"][:20])
+    # The sweep really failed allocations inside every call ...
+    assert sorted(report["injected"]) == sorted(
+        ["get_bytes", "get_bytes_nowait", "_get_record", "get_many_bytes", "_get_records",
+         "recv_into", "get", "get_nowait", "get_many", "get_async"]), report["injected"]
+    # ... and they failed as MemoryError, never as something else.
+    assert report["errors"] == {}, report["errors"]
+
+
+def test_a_message_that_does_not_unpickle_is_handed_back_not_dropped(make) -> None:
+    """Issue 8, finding 5, as decided: a message whose pickle fails to load
+    here (its class is missing in this process, or it is not a pickle) has
+    left the ring; get() raises what unpickling raised, with the message as
+    ``exc.undelivered`` = [(kind, payload)], and the channel goes on.
+    get_many() hands back every message of its batch, in order, the good
+    ones too, and Channel.decode_record turns them back into objects."""
+    ch = make(4096)
+    missing = b"\x80\x05\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x0eno_such_module\x94\x8c\x05Thing\x94\x93\x94."
+    ch._put_parts(shmsem._core.KIND_PICKLE, [missing])
+    ch.put("next")
+    with pytest.raises(ModuleNotFoundError) as info:
+        ch.get()
+    assert info.value.undelivered == [(shmsem._core.KIND_PICKLE, missing)]  # type: ignore[attr-defined]
+    if hasattr(info.value, "add_note"):
+        assert "undelivered" in "\n".join(info.value.__notes__)
+    assert ch.get() == "next"
+
+    ch.put({"a": 1})
+    ch._put_parts(shmsem._core.KIND_PICKLE, [b"not a pickle"])
+    ch.put(np.arange(3))  # a record with an out-of-band buffer
+    with pytest.raises(pickle.UnpicklingError) as info2:
+        ch.get_many()
+    records = info2.value.undelivered  # type: ignore[attr-defined]
+    assert [k for k, _ in records] == [shmsem._core.KIND_PICKLE, shmsem._core.KIND_PICKLE,
+                                      shmsem._core.KIND_PICKLE_OOB]
+    assert Channel.decode_record(*records[0]) == {"a": 1}
+    with pytest.raises(pickle.UnpicklingError):
+        Channel.decode_record(*records[1])
+    assert Channel.decode_record(*records[2]).tolist() == [0, 1, 2]
+    assert ch.empty()
+
+
 # ---------------------------------------------------------------------------
 # create / open / create-or-open
 
@@ -1478,6 +1729,59 @@ def test_close_while_another_thread_waits_is_all_or_nothing(make) -> None:
                 getter.join()
     finally:
         getter.thread.join(WAIT)  # so that the fixture can close it
+
+
+@pytest.mark.parametrize("side", ["get", "put"])
+def test_close_with_a_view_alive_refuses_and_changes_nothing(make, side) -> None:
+    """Issue 8, finding 7: while a view of the channel's own segment is
+    alive, close() raises BufferError before it changes anything: the
+    handle stays open and usable, and a thread blocked in it (timeout=None)
+    goes on waiting and completes normally.  Once the view is gone, close()
+    succeeds and a thread blocked with timeout=None gets ClosedError."""
+    ch = make(64)
+    filler = b"x" * ch.max_message_size
+    if side == "put":
+        ch.put_bytes(filler)
+        call: Callable[[], Any] = lambda: ch.put_bytes(b"y")
+        flag = "producers_waiting"
+    else:
+        call = lambda: ch.get_bytes()
+        flag = "consumers_waiting"
+
+    def asleep() -> None:
+        deadline = time.monotonic() + WAIT
+        while not getattr(ch.stats(), flag):
+            assert time.monotonic() < deadline, "the thread never slept"
+            time.sleep(0.005)
+
+    view = ch._shm.buf  # type: ignore[union-attr]
+    first = Runner(call)
+    try:
+        asleep()
+        with pytest.raises(BufferError):
+            ch.close()
+        assert not ch.closed
+        assert first.thread.is_alive()
+        if side == "put":
+            assert ch.get_bytes() == filler
+            assert first.join() is None
+            assert ch.get_bytes() == b"y"
+            ch.put_bytes(filler)
+        else:
+            ch.put_bytes(b"after a refused close")
+            assert first.join() == b"after a refused close"
+        second = Runner(call)
+        asleep()
+        view.release()
+        ch.close()
+        assert ch.closed
+        with pytest.raises(ClosedError):
+            second.join()
+    finally:
+        view.release()
+        if not ch.closed:  # a failed check: unblock the threads
+            ch.put_bytes(b"") if side == "get" else ch.get_bytes(block=False)
+        first.thread.join(WAIT)
 
 
 def test_large_records_restart_at_the_ring_start(make) -> None:

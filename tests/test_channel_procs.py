@@ -849,3 +849,222 @@ print("fired", shim.shim_fired(), flush=True)
         assert how == "interrupted" and float(elapsed) < 5, lines["wait"]
     finally:
         mb.close()
+
+
+# ---------------------------------------------------------------------------
+# Sleepers that leave, and wake-ups that must not be lost (issue 8)
+
+NO_SLICE_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <linux/futex.h>
+#include <stdarg.h>
+#include <sys/syscall.h>
+#include <time.h>
+/* The wait engine sleeps on its futex in slices of 100 ms and re-checks
+ * after each, so that a lost wake-up costs 100 ms instead of a hang.  This
+ * shim turns exactly those slices into sleeps without end: a wake-up that
+ * is lost then shows as a hang, which a test can see without timing. */
+long syscall(long number, ...)
+{
+    static long (*real)(long, ...);
+    if (!real)
+        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    va_list ap;
+    va_start(ap, number);
+    long a[6];
+    for (int i = 0; i < 6; i++)
+        a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (number == SYS_futex && (a[1] & FUTEX_CMD_MASK) == FUTEX_WAIT && a[3] != 0) {
+        const struct timespec *ts = (const struct timespec *)a[3];
+        if (ts->tv_sec == 0 && ts->tv_nsec == 100000000L)
+            a[3] = 0;
+    }
+    return real(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def no_slice_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("noslice")
+    src, so = d / "no_slice_shim.c", d / "no_slice_shim.so"
+    src.write_text(NO_SLICE_SHIM)
+    proc = subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Werror",
+                           "-o", str(so), str(src), "-ldl"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return so
+
+
+def shim_env(shim: Path) -> dict[str, str]:
+    return dict(os.environ, LD_PRELOAD=" ".join(  # keep a sanitizer runtime first
+        filter(None, [os.environ.get("LD_PRELOAD", ""), str(shim)])))
+
+
+def asleep_in_futex(pid: int) -> bool:
+    """Whether pid's main thread sleeps in the kernel on a futex."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        state = proc_stat(pid)[0]
+    except OSError:
+        return False
+    return state == "S" and "futex" in wchan
+
+
+def test_the_no_slice_shim_really_removes_the_safety_net(make, child, no_slice_shim) -> None:
+    """Control for the tests below: under the shim, a sleeper that is never
+    woken stays asleep past its 100 ms slices, even though the data it waits
+    for is there (written behind the protocol's back, with no wake)."""
+    ch = make(256)
+    raw = SharedMemory.from_id(ch.id)
+    try:
+        c = child(child_code(ch.id, """
+            print("ready", flush=True)
+            print("got", ch.get_bytes().decode(), flush=True)
+        """), env=shim_env(no_slice_shim))
+        c.expect("ready")
+        wait_for(lambda: ch.stats().consumers_waiting and asleep_in_futex(c.pid),
+                 "the child to sleep")
+        # A record {len 2, kind BYTES} "hi" at ring offset 0, then tail, and no wake.
+        raw.write_at(256, struct.pack("<II", 2, 1) + b"hi")
+        raw.write_at(80, struct.pack("<Q", 16))
+        time.sleep(0.5)  # five slices: without the shim the child finds it
+        assert c.proc.poll() is None and asleep_in_futex(c.pid)
+        ch.put_bytes(b"wake")  # a real put wakes it
+        c.expect("got hi")
+        assert c.wait() == 0
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("kind", ["get", "put", "mailbox"])
+def test_a_sleeper_leaving_never_strands_the_others(make, child, no_slice_shim, kind) -> None:
+    """Issue 8, finding 10: a sleeper that leaves unwoken (here it times out)
+    clears its registration, but never that of others still asleep: every
+    sleeper must still be woken by the next put (get, publish).  The
+    sleepers run under the no-slice shim, so a lost wake-up is a hang; every
+    wait here is bounded."""
+    n = 3
+    mb: Mailbox | None = None
+    if kind == "mailbox":
+        mb = Mailbox.create(None, 64)
+        code = f"""
+            from shmsem import Mailbox
+            mb = Mailbox.from_id({mb.id})
+            print("ready", flush=True)
+            print("got", mb.wait(0)[0], flush=True)
+            mb.close()
+        """
+        shmid = mb.id
+    else:
+        ch = make(256)
+        shmid = ch.id
+        if kind == "get":
+            code = """
+                print("ready", flush=True)
+                print("got", ch.get_bytes().decode(), flush=True)
+            """
+        else:
+            ch.put_bytes(b"x" * ch.max_message_size)
+            code = """
+                print("ready", flush=True)
+                ch.put_bytes(b"from %d" % os.getpid())
+                print("got put", flush=True)
+            """
+    try:
+        source = HELPERS + textwrap.dedent(code) if mb is not None else child_code(shmid, code)
+        kids = [child(source, env=shim_env(no_slice_shim)) for _ in range(n)]
+        for c in kids:
+            c.expect("ready")
+
+        def flag() -> bool:
+            if mb is not None:
+                return bool(mb.stats()["waiting"])
+            s = ch.stats()
+            return s.consumers_waiting if kind == "get" else s.producers_waiting
+
+        wait_for(lambda: flag() and all(asleep_in_futex(c.pid) for c in kids),
+                 "every child to sleep")
+        # The leaver: registers too, times out, and leaves unwoken.
+        if kind == "get":
+            with pytest.raises(queue.Empty):
+                ch.get_bytes(timeout=0.2)
+        elif kind == "put":
+            with pytest.raises(queue.Full):
+                ch.put_bytes(b"leaver", timeout=0.2)
+        else:
+            assert mb is not None and mb.wait(0, timeout=0.2) is None
+        assert all(c.proc.poll() is None for c in kids)
+        # One event for all of them; each must see it.
+        if kind == "get":
+            for i in range(n):
+                ch.put_bytes(b"m%d" % i)
+            got = sorted(c.readline(timeout=WAIT) for c in kids)
+            assert got == [f"got m{i}" for i in range(n)]
+        elif kind == "put":
+            assert ch.get_bytes(timeout=WAIT) == b"x" * ch.max_message_size
+            for c in kids:
+                c.expect("got put", timeout=WAIT)
+            assert sorted(ch.get_bytes(timeout=WAIT) for _ in kids) == sorted(
+                b"from %d" % c.pid for c in kids)
+        else:
+            assert mb is not None
+            mb.publish(b"news")
+            for c in kids:
+                c.expect("got 1", timeout=WAIT)
+        for c in kids:
+            assert c.wait() == 0
+        assert not flag()  # the last one out left nothing registered
+    finally:
+        if mb is not None:
+            mb.close()
+
+
+@pytest.mark.parametrize("what", ["get", "put", "recv_into", "wait_readable", "mailbox"])
+def test_close_wakes_a_thread_blocked_forever(make, child, no_slice_shim, what) -> None:
+    """Issue 8, finding 7: a thread blocked with timeout=None in a Channel
+    get/put (or Mailbox.wait) gets ClosedError when another thread closes the
+    handle.  Under the no-slice shim a wake that close() misses is a hang
+    rather than a 100 ms delay, so "at once" is checked without timing."""
+    ch = make(64)
+    mb = Mailbox.create(None, 64)
+    if what == "put":
+        ch.put_bytes(b"x" * ch.max_message_size)
+    call = {
+        "get": "ch.get_bytes()",
+        "put": "ch.put_bytes(b'y')",
+        "recv_into": "ch.recv_into(bytearray(64))",
+        "wait_readable": "ch._wait_readable(None)",
+        "mailbox": "mb.wait(0)",
+    }[what]
+    obj = "mb" if what == "mailbox" else "ch"
+    try:
+        c = child(child_code(ch.id, f"""
+            import threading
+            from pathlib import Path
+            from shmsem import ClosedError, Mailbox
+            mb = Mailbox.from_id({mb.id})
+            box, tid = [], []
+            def run():
+                tid.append(threading.get_native_id())
+                try:
+                    box.append({call})
+                except BaseException as e:
+                    box.append(e)
+            t = threading.Thread(target=run, daemon=True)
+            t.start()
+            deadline = time.monotonic() + 20
+            while not tid or "futex" not in Path(f"/proc/self/task/{{tid[0]}}/wchan").read_text():
+                assert time.monotonic() < deadline, "the thread never slept"
+                time.sleep(0.005)
+            time.sleep(0.05)  # past its spin, asleep on the wait engine's futex
+            {obj}.close()
+            t.join(20)
+            print("alive" if t.is_alive() else type(box[0]).__name__, flush=True)
+        """), env=shim_env(no_slice_shim))
+        c.expect("ClosedError", timeout=WAIT)
+        assert c.wait() == 0
+    finally:
+        mb.close()

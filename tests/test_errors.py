@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import pickle
+import queue
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,8 @@ BASES = [
     ("FormatError", (shmsem.ShmsemError, ValueError)),
     ("ForeignObjectError", (shmsem.PermissionDeniedError, shmsem.ShmsemError, PermissionError)),
     ("LimitError", (shmsem.ShmsemError, OSError)),
+    ("QueueEmptyError", (shmsem.WouldBlockError, shmsem.ShmsemError, BlockingIOError, queue.Empty)),
+    ("QueueFullError", (shmsem.WouldBlockError, shmsem.ShmsemError, BlockingIOError, queue.Full)),
 ]
 
 

@@ -182,6 +182,18 @@ def test_wait_in_a_thread_is_woken_by_publish(make) -> None:
     assert result == [(1, b"wake")]
 
 
+def test_a_wait_that_times_out_unregisters(make) -> None:
+    """Issue 8, finding 10: a wait() that slept and timed out with nobody
+    else waiting leaves `waiting` at 0, so that publish() makes no futex
+    wake for nobody."""
+    mb = make(100)
+    assert mb.wait(0, timeout=0.05) is None
+    assert mb.stats()["waiting"] == 0
+    mb.publish(b"x")
+    assert mb.wait(1, timeout=0.05) is None
+    assert mb.stats()["waiting"] == 0
+
+
 def test_wait_forever_is_woken(make) -> None:
     mb = make(100)
     result: list[Any] = []
@@ -406,6 +418,51 @@ def test_dead_writer_lock_is_recovered(make, raw) -> None:
 
 # ---------------------------------------------------------------------------
 # Lifetime
+
+
+def test_close_with_a_view_alive_refuses_and_changes_nothing(make) -> None:
+    """Issue 8, finding 7: while a view of the mailbox's own segment is
+    alive, close() raises BufferError before it changes anything: the
+    handle stays usable and a wait(timeout=None) in another thread goes on
+    and returns the next value.  Once the view is gone, close() succeeds
+    and a wait(timeout=None) gets ClosedError."""
+    mb = make(100)
+    view = mb._shm.buf  # type: ignore[union-attr]
+    box: list[Any] = []
+
+    def waiter(after: int) -> threading.Thread:
+        box.clear()
+
+        def run() -> None:
+            try:
+                box.append(mb.wait(after))
+            except BaseException as e:  # noqa: BLE001 - handed to the test
+                box.append(e)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        wait_for(lambda: mb.stats()["waiting"] == 1, "the thread to sleep")
+        return t
+
+    t = waiter(0)
+    try:
+        with pytest.raises(BufferError):
+            mb.close()
+        assert not mb.closed and t.is_alive()
+        assert mb.publish(b"after a refused close") == 1
+        t.join(WAIT)
+        assert box == [(1, b"after a refused close")]
+        t = waiter(1)
+        view.release()
+        mb.close()
+        assert mb.closed
+        t.join(WAIT)
+        assert not t.is_alive() and len(box) == 1 and isinstance(box[0], ClosedError), box
+    finally:
+        view.release()
+        if not mb.closed:
+            mb.publish(b"unblock")
+        t.join(WAIT)
 
 
 def test_use_after_close_is_closed_error() -> None:

@@ -9,6 +9,7 @@ import math
 import os
 import pathlib
 import pickle
+import queue
 import signal
 import threading
 import time
@@ -169,7 +170,7 @@ def test_each_send_enqueues_exactly_one_message(q: MessageQueue, kw: dict[str, A
     st = q.stat()
     assert (st.current_messages, st.current_bytes) == (1, 4)
     assert q.receive(block=False) == (b"once", 1)
-    with pytest.raises(shmsem.WouldBlockError):
+    with pytest.raises(queue.Empty):
         q.receive(block=False)
 
 
@@ -217,9 +218,9 @@ def test_type_selection(q: MessageQueue) -> None:
     assert q.receive(-3, timeout=5) == (b"b", 1)  # lowest type <= 3
     assert q.receive(-3, timeout=5) == (b"d", 1)  # FIFO within a type
     assert q.receive(-3, timeout=5) == (b"a", 3)
-    with pytest.raises(shmsem.WouldBlockError):
+    with pytest.raises(queue.Empty):
         q.receive(-4, block=False)
-    with pytest.raises(shmsem.WouldBlockError):
+    with pytest.raises(queue.Empty):
         q.receive(4, block=False)
     assert q.receive(0, timeout=5) == (b"e", 5)
 
@@ -260,9 +261,62 @@ def test_stat_counts(q: MessageQueue) -> None:
 
 
 def test_non_blocking_receive(q: MessageQueue) -> None:
-    with pytest.raises(shmsem.WouldBlockError) as info:
+    with pytest.raises(queue.Empty) as info:
         q.receive(block=False)
+    # Still what it was before queue.Empty: code catching these keeps working.
+    assert isinstance(info.value, shmsem.WouldBlockError)
     assert isinstance(info.value, BlockingIOError)
+
+
+@pytest.mark.parametrize("how", ["block=False", "timeout=0", "timeout=0.05", "nowait"])
+def test_nothing_to_receive_raises_queue_empty_like_channel(q: MessageQueue, how: str) -> None:
+    """Issue 8, finding 11: a queue answers "nothing came" with queue.Empty,
+    as Channel and queue.Queue do (DESIGN.md; STYLE "One vocabulary").  The
+    exception is still a WouldBlockError (and so a BlockingIOError), so code
+    written against the earlier contract keeps working."""
+    call = {"block=False": lambda: q.receive(block=False),
+            "timeout=0": lambda: q.receive(timeout=0),
+            "timeout=0.05": lambda: q.receive(timeout=0.05),
+            "nowait": lambda: q.receive_nowait()}[how]
+    with pytest.raises(queue.Empty) as info:
+        call()
+    assert isinstance(info.value, shmsem.WouldBlockError)
+    assert isinstance(info.value, BlockingIOError)
+    assert "msgrcv" in str(info.value) and info.value.id == q.id
+
+
+@pytest.mark.parametrize("how", ["block=False", "timeout=0", "timeout=0.05", "nowait"])
+def test_no_room_to_send_raises_queue_full_like_channel(q: MessageQueue, how: str) -> None:
+    """Issue 8, finding 11: the send side of the same rule, queue.Full."""
+    q.max_bytes = 10
+    q.send(b"0123456789", block=False)
+    call = {"block=False": lambda: q.send(b"x", block=False),
+            "timeout=0": lambda: q.send(b"x", timeout=0),
+            "timeout=0.05": lambda: q.send(b"x", timeout=0.05),
+            "nowait": lambda: q.send_nowait(b"x")}[how]
+    with pytest.raises(queue.Full) as info:
+        call()
+    assert isinstance(info.value, shmsem.WouldBlockError)
+    assert "msgsnd" in str(info.value) and info.value.id == q.id
+    assert q.current_messages == 1
+
+
+def test_send_nowait_and_receive_nowait(q: MessageQueue) -> None:
+    """STYLE: "Non-blocking forms are op_nowait()", next to op(block=True)."""
+    q.send_nowait(b"a")
+    q.send_nowait("b\u00e9", 3)
+    q.send_nowait(b"c", type=5)
+    assert q.receive_nowait(3) == ("b\u00e9".encode(), 3)
+    assert q.receive_nowait(type=-5) == (b"a", 1)
+    assert q.receive_nowait() == (b"c", 5)
+    with pytest.raises(queue.Empty):
+        q.receive_nowait()
+    with pytest.raises(ValueError):
+        q.send_nowait(b"x", 0)  # types are checked as send checks them
+    import inspect
+
+    assert list(inspect.signature(q.send_nowait).parameters) == ["data", "type"]
+    assert list(inspect.signature(q.receive_nowait).parameters) == ["type"]
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +339,7 @@ def test_max_bytes(q: MessageQueue) -> None:
 def test_full_queue_non_blocking(q: MessageQueue) -> None:
     q.max_bytes = 100
     q.send(b"x" * 100, block=False)
-    with pytest.raises(shmsem.WouldBlockError):
+    with pytest.raises(queue.Full):
         q.send(b"y", block=False)
     assert q.current_messages == 1
     q.receive(timeout=5)
@@ -297,24 +351,24 @@ def test_send_on_full_queue_times_out(q: MessageQueue) -> None:
     q.max_bytes = 100
     q.send(b"x" * 60, block=False)
     got, elapsed = timed(lambda: q.send(b"y" * 60, timeout=0.2))
-    assert isinstance(got, shmsem.WouldBlockError), got
+    assert isinstance(got, queue.Full), got
     assert 0.2 <= elapsed < 5
     assert q.current_messages == 1
 
 
 def test_receive_times_out(q: MessageQueue) -> None:
     got, elapsed = timed(lambda: q.receive(timeout=0.2))
-    assert isinstance(got, shmsem.WouldBlockError), got
+    assert isinstance(got, queue.Empty), got
     assert 0.2 <= elapsed < 5
     q.send(b"other", 2, block=False)
     got, elapsed = timed(lambda: q.receive(1, timeout=0.2))
-    assert isinstance(got, shmsem.WouldBlockError), got
+    assert isinstance(got, queue.Empty), got
     assert 0.2 <= elapsed < 5
     assert q.current_messages == 1
 
 
 def test_receive_timeout_zero(q: MessageQueue) -> None:
-    with pytest.raises(shmsem.WouldBlockError):
+    with pytest.raises(queue.Empty):
         q.receive(timeout=0)
     q.send(b"now", block=False)
     assert q.receive(timeout=0) == (b"now", 1)
@@ -323,14 +377,14 @@ def test_receive_timeout_zero(q: MessageQueue) -> None:
 def test_message_larger_than_max_bytes_fails_at_once_with_timeout(q: MessageQueue) -> None:
     q.max_bytes = 100
     got, elapsed = timed(lambda: q.send(b"z" * 101, timeout=10))
-    assert isinstance(got, ValueError) and not isinstance(got, shmsem.WouldBlockError), got
+    assert isinstance(got, ValueError) and not isinstance(got, queue.Full), got
     assert elapsed < 5
     assert q.current_messages == 0
 
 
 def test_message_larger_than_max_bytes_fails_at_once_non_blocking(q: MessageQueue) -> None:
     # "ValueError if the message can never fit the queue" (send's docstring):
-    # retrying later cannot help, so WouldBlockError would mislead.
+    # retrying later cannot help, so queue.Full would mislead.
     q.max_bytes = 100
     with pytest.raises(ValueError):
         q.send(b"z" * 101, block=False)
@@ -539,7 +593,7 @@ def test_sigint_interrupts_a_blocked_caller(child, name: str) -> None:
 
 
 ROUNDS = """
-import shmsem, sys
+import queue, shmsem, sys
 q = shmsem.MessageQueue.from_id({id})
 for i in range({rounds}):
     input()
@@ -548,7 +602,7 @@ for i in range({rounds}):
         {call}
     except KeyboardInterrupt:
         print("interrupted", flush=True)
-    except shmsem.WouldBlockError:
+    except (queue.Empty, queue.Full):
         print("missed: the call ran to its timeout", flush=True)
 """
 
@@ -587,7 +641,7 @@ def alarm() -> Iterator[list[int]]:
 
 def test_receive_with_non_raising_handler(q: MessageQueue, alarm: list[int]) -> None:
     got, elapsed = timed(lambda: q.receive(timeout=0.3))
-    assert isinstance(got, shmsem.WouldBlockError), got
+    assert isinstance(got, queue.Empty), got
     assert not isinstance(got, InterruptedError)
     assert 0.3 <= elapsed < 3
     assert len(alarm) >= 10, f"the handler ran only {len(alarm)} times"
@@ -597,7 +651,7 @@ def test_send_with_non_raising_handler(q: MessageQueue, alarm: list[int]) -> Non
     q.max_bytes = 10
     q.send(b"0123456789", block=False)
     got, elapsed = timed(lambda: q.send(b"more", timeout=0.3))
-    assert isinstance(got, shmsem.WouldBlockError), got
+    assert isinstance(got, queue.Full), got
     assert 0.3 <= elapsed < 3
     assert len(alarm) >= 10
 

@@ -101,10 +101,19 @@ class SegmentObject:
 
     def close(self) -> None:
         """Detach, and remove the segment if this handle owns it.  Another
-        thread waiting in this handle gets ClosedError."""
+        thread waiting in this handle gets ClosedError.  All or nothing:
+        while a view of the segment (memoryview, ndarray) is alive it raises
+        BufferError and changes nothing; the handle stays open."""
+        shm = self._shm
+        if shm is not None:
+            # First: the one step that may refuse (BufferError, with views
+            # alive) refuses before anything changes.  Once it succeeds no
+            # operation and no view can start, and operations in progress
+            # find the segment closing; _detach_core wakes those asleep.
+            shm.detach()
         self._detach_core()
-        if self._shm is not None:
-            self._shm.close()
+        if shm is not None:
+            shm.close()
 
     def __enter__(self) -> Any:
         return self

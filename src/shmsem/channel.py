@@ -12,6 +12,16 @@ bytearrays, ...) are copied straight into the ring, once, and come back as
 writable arrays backed by one bytearray.  Unpickling runs code chosen by the
 sender: exchange objects only with processes you trust, and use
 ``put_bytes``/``get_bytes`` with anything else.
+
+No message is dropped silently.  A get allocates whatever it returns before
+the message leaves the ring, so a MemoryError there leaves it queued.  Once
+messages have left the ring they are the call's to deliver: if turning one
+back into an object raises (the sender's class is missing here, a corrupt
+pickle, MemoryError while unpickling, ...), that exception propagates
+unchanged and carries every message the call took, undecoded, as
+``exc.undelivered``: a list of ``(kind, payload)`` records in FIFO order,
+which ``Channel.decode_record`` turns into objects.  (Python 3.11+ also adds
+a note to the exception.)  The channel goes on with the next message.
 """
 
 from __future__ import annotations
@@ -128,6 +138,20 @@ def _encode(obj: Any) -> tuple[int, list[Any]]:
     return _KIND_PICKLE_OOB, parts
 
 
+def _hand_back(exc: BaseException, records: list[tuple[int, Any]]) -> None:
+    """Attach to ``exc``, which stopped a get from decoding them, the records
+    that the get took out of the ring, so that they are not lost silently."""
+    try:
+        setattr(exc, "undelivered", records)
+        add_note = getattr(exc, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(f"shmsem: the {len(records)} message(s) this call took from the channel "
+                     "were not delivered; they are in this exception's .undelivered as "
+                     "(kind, payload) records, for Channel.decode_record()")
+    except Exception:  # noqa: BLE001 - out of memory even for this: exc goes on
+        pass
+
+
 def _decode(kind: int, payload: Union[bytes, bytearray]) -> Any:
     if kind == _KIND_PICKLE:
         return pickle.loads(payload)
@@ -220,9 +244,15 @@ class Channel(SegmentObject, _core.ChannelBase):
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Remove and return the oldest message as an object (a raw-bytes
-        message comes back as bytes)."""
-        kind, payload = self._get_record(block, timeout)
-        return _decode(kind, payload)
+        message comes back as bytes).  If unpickling it raises, the
+        exception carries the message as ``exc.undelivered`` (see the
+        module's docstring)."""
+        record = self._get_record(block, timeout)
+        try:
+            return _decode(*record)
+        except BaseException as exc:
+            _hand_back(exc, [record])
+            raise
 
     def put_nowait(self, obj: Any) -> None:
         """put(obj, block=False)."""
@@ -246,8 +276,23 @@ class Channel(SegmentObject, _core.ChannelBase):
         block: bool = True,
         timeout: Optional[float] = None,
     ) -> list[Any]:
-        """Remove and return up to ``max_messages`` objects (at least one)."""
-        return [_decode(k, p) for k, p in self._get_records(max_messages, block, timeout)]
+        """Remove and return up to ``max_messages`` objects (at least one).
+        If unpickling one raises, the exception carries every message of
+        the batch, in order, as ``exc.undelivered`` (see the module's
+        docstring)."""
+        flat = self._get_records(max_messages, block, timeout)  # [kind, payload, ...]
+        try:
+            return [_decode(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        except BaseException as exc:
+            _hand_back(exc, list(zip(flat[::2], flat[1::2])))
+            raise
+
+    @staticmethod
+    def decode_record(kind: int, payload: Union[bytes, bytearray]) -> Any:
+        """The object that get() returns for a raw ``(kind, payload)``
+        record, such as those in an exception's ``undelivered``.  Raises
+        what unpickling raises, and FormatError for an unknown kind."""
+        return _decode(kind, payload)
 
     # -- asyncio -------------------------------------------------------------
 

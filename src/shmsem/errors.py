@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import queue as _queue
 from typing import Any, Optional
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "ExistsError",
     "PermissionDeniedError",
     "WouldBlockError",
+    "QueueEmptyError",
+    "QueueFullError",
     "RemovedError",
     "ClosedError",
     "FrameError",
@@ -102,6 +105,17 @@ class ForeignObjectError(PermissionDeniedError):
 
 class WouldBlockError(ShmsemError, BlockingIOError):
     """A non-blocking call (or one whose timeout expired) could not proceed."""
+
+
+class QueueEmptyError(WouldBlockError, _queue.Empty):
+    """A queue had nothing to receive (not blocking, or the timeout expired).
+    Catch it as ``queue.Empty``, as for ``queue.Queue`` and Channel; it is
+    also a WouldBlockError, which MessageQueue raised before."""
+
+
+class QueueFullError(WouldBlockError, _queue.Full):
+    """A queue had no room to send (not blocking, or the timeout expired).
+    Catch it as ``queue.Full``; it is also a WouldBlockError."""
 
 
 class RemovedError(ShmsemError, OSError):

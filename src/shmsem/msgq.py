@@ -7,7 +7,14 @@ from typing import Optional, Union
 
 from . import _core
 from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg, check_trusted
-from .errors import ExistsError, NotFoundError, RemovedError, WouldBlockError, format_key
+from .errors import (
+    ExistsError,
+    NotFoundError,
+    QueueEmptyError,
+    QueueFullError,
+    RemovedError,
+    format_key,
+)
 from .keys import IPC_PRIVATE, Key, normalize_key
 
 __all__ = ["MessageQueue", "MessageQueueStat"]
@@ -71,8 +78,11 @@ class MessageQueue:
 
     ``MessageQueue(key)`` creates or opens; ``.create``, ``.open`` and
     ``.from_id`` do one or the other.  ``send`` and ``receive`` block by
-    default, with the GIL released.  Linux has no timed msgsnd/msgrcv, so a
-    call with a timeout polls, with at most 1 ms between attempts.
+    default, with the GIL released; ``send_nowait`` and ``receive_nowait``
+    never block.  As for ``queue.Queue`` and Channel, giving up raises
+    ``queue.Full`` / ``queue.Empty`` (QueueFullError / QueueEmptyError, which
+    are also WouldBlockError).  Linux has no timed msgsnd/msgrcv, so a call
+    with a timeout polls, with at most 1 ms between attempts.
     """
 
     key: int = IPC_PRIVATE
@@ -163,16 +173,17 @@ class MessageQueue:
         """Send one message (str is encoded as UTF-8) with a positive ``type``.
 
         Waits while the queue is full, unless ``block`` is false.  Raises
-        WouldBlockError when it could not send (full and not blocking, or the
-        timeout expired), ValueError if the message can never fit the queue,
-        and RemovedError if the queue is removed while waiting."""
+        queue.Full (QueueFullError) when it could not send (full and not
+        blocking, or the timeout expired), ValueError if the message can
+        never fit the queue, and RemovedError if the queue is removed while
+        waiting."""
         if isinstance(data, str):
             data = data.encode("utf-8")
         _check_type(type, "message type")
         if not block and timeout is not None:
             raise ValueError("can't specify a timeout for a non-blocking call")
         if not _core.msgsnd(self.id, data, type, block, timeout, self.key):
-            raise WouldBlockError(
+            raise QueueFullError(
                 f"msgsnd(key={format_key(self.key)}, id={self.id}): the queue is full"
                 + (" (timed out)" if block else ""),
                 syscall="msgsnd", key=self.key, id=self.id,
@@ -185,20 +196,29 @@ class MessageQueue:
 
         ``type`` 0 takes the first message; a positive type the first of that
         type; a negative type the first with the lowest type <= abs(type).
-        Raises WouldBlockError when nothing arrived (not blocking, or timed
-        out) and RemovedError if the queue is removed while waiting."""
+        Raises queue.Empty (QueueEmptyError) when nothing arrived (not
+        blocking, or timed out) and RemovedError if the queue is removed
+        while waiting."""
         _check_type(type, "message type")
         if not block and timeout is not None:
             raise ValueError("can't specify a timeout for a non-blocking call")
         got = _core.msgrcv(self.id, self._bufsize, type, block, timeout, self.key)
         if got is None:
-            raise WouldBlockError(
+            raise QueueEmptyError(
                 f"msgrcv(key={format_key(self.key)}, id={self.id}): no message"
                 + (" (timed out)" if block else ""),
                 syscall="msgrcv", key=self.key, id=self.id,
             )
         data, mtype = got
         return data, mtype
+
+    def send_nowait(self, data: Data, type: int = 1) -> None:
+        """send(data, type, block=False)."""
+        self.send(data, type, block=False)
+
+    def receive_nowait(self, type: int = 0) -> tuple[bytes, int]:
+        """receive(type, block=False)."""
+        return self.receive(type, block=False)
 
     @property
     def max_bytes(self) -> int:

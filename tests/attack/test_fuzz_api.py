@@ -12,7 +12,8 @@ beyond 1e9 s) never turned into "now".
 Documented exceptions used below: TypeError and ValueError for bad
 arguments; the ShmsemError classes the kernel's answers map to (NotFoundError,
 LimitError, PermissionDeniedError, FrameError, FormatError, ClosedError);
-queue.Empty / queue.Full and WouldBlockError for "would block"; BufferError
+queue.Empty / queue.Full for "would block" (from MessageQueue, as their
+subclasses QueueEmptyError / QueueFullError); BufferError
 for a non-contiguous buffer; IndexError for set[i] (a sequence); RuntimeError
 for releasing a Lock not held (as threading.Lock); UnicodeEncodeError /
 UnicodeDecodeError for str payloads.  OverflowError is documented nowhere, so
@@ -1004,7 +1005,7 @@ def msgq_op(t: Tally, q: Any, model: list[tuple[int, bytes]], qbytes: list[int],
                 return
             if block and (isinstance(meaning, tuple) or meaning == FOREVER or meaning > 0.01):
                 return
-            t.call(name, desc, call, expect=shmsem.WouldBlockError,
+            t.call(name, desc, call, expect=shmsem.QueueFullError,
                    allowed=(ValueError,) if isinstance(meaning, tuple) else ())
             return
         ok, _ = t.call(name, desc, call, expect="any" if isinstance(meaning, tuple) else None,
@@ -1027,7 +1028,7 @@ def msgq_op(t: Tally, q: Any, model: list[tuple[int, bytes]], qbytes: list[int],
         if idx is None:
             if block and (isinstance(meaning, tuple) or meaning == FOREVER or meaning > 0.01):
                 return
-            t.call(name, desc, call, expect=shmsem.WouldBlockError,
+            t.call(name, desc, call, expect=shmsem.QueueEmptyError,
                    allowed=(ValueError,) if isinstance(meaning, tuple) else ())
             return
         ok, got = t.call(name, desc, call, expect="any" if isinstance(meaning, tuple) else None,

@@ -20,8 +20,8 @@ Checked, beyond tests/test_errors.py:
   first, and `shmsem demo` must too;
 * kernel.msgmnb: a new queue's max_bytes; a message larger than it is a
   ValueError at once (even for a blocking send without timeout), and a full
-  queue gives WouldBlockError (at once without blocking, after the timeout
-  with one).
+  queue gives queue.Full, as QueueFullError (at once without blocking, after
+  the timeout with one).
 """
 
 from __future__ import annotations
@@ -361,8 +361,8 @@ def test_message_queue_limits(reliability) -> None:
         assert r["cls"] == "ValueError" and r["elapsed"] < 5.0, r
         assert "max_bytes is 1024" in r["msg"] and "kernel.msgmnb" in r["msg"], r
     nowait, timed = res["send to a full queue, nowait"], res["send to a full queue, timeout"]
-    assert nowait["cls"] == "WouldBlockError" and nowait["elapsed"] < 0.3, nowait
-    assert timed["cls"] == "WouldBlockError" and 0.3 <= timed["elapsed"] < 5.0, timed
+    assert nowait["cls"] == "QueueFullError" and nowait["elapsed"] < 0.3, nowait
+    assert timed["cls"] == "QueueFullError" and 0.3 <= timed["elapsed"] < 5.0, timed
     assert res["messages"] == {"messages": 4, "first": "y"}
     assert res["send after room was made"]["cls"] is None
 

@@ -151,7 +151,8 @@ def blocking_calls(ids: dict[str, int], timeout: float | None) -> dict[str, Call
 TIMED_OUT = {
     "Semaphore.acquire": False, "Semaphore.wait_zero": False, "SemaphoreSet.op": False,
     "SemaphoreSet.op(undo)": False, "Lock.acquire": False, "Mailbox.wait": None,
-    "MessageQueue.receive": shmsem.WouldBlockError, "MessageQueue.send": shmsem.WouldBlockError,
+    # queue.Empty / queue.Full, as their subclasses (results compare by name)
+    "MessageQueue.receive": shmsem.QueueEmptyError, "MessageQueue.send": shmsem.QueueFullError,
     "Channel.get": queue.Empty, "Channel.recv_into": queue.Empty,
     "Channel.put (room)": queue.Full, "Channel.put (lock)": queue.Full,
     "Channel.get (lock)": queue.Empty,

@@ -70,6 +70,7 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
         return 0;
     int single_cpu = ncpus_allowed() <= 1;
     int result = 0;
+    int registered = 0; /* set `waiting` at least once: see unregister */
 
     PyThreadState *ts = PyEval_SaveThread();
 
@@ -114,20 +115,30 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
      * signal that arrived while we were spinning interrupted nothing. */
     for (;;) {
         PyEval_RestoreThread(ts);
-        if (PyErr_CheckSignals() < 0)
-            return -1;
+        if (PyErr_CheckSignals() < 0) {
+            result = -1;
+            goto unregister;
+        }
         if (seg->closing) {
             ss_segment_raise(seg, "closed", "the segment was detached while waiting");
-            return -1;
+            result = -1;
+            goto unregister;
         }
         ts = PyEval_SaveThread();
         uint32_t e = atomic_load(event);
         atomic_store(waiting, 1);
+        registered = 1;
         atomic_thread_fence(memory_order_seq_cst);
         if (ready(ctx)) {
             result = 1;
             break;
         }
+        /* close() by another thread marks closing before it bumps the
+         * event: if our e is the bumped value we see closing here, else the
+         * futex_wait below returns at once.  (A plain int written under
+         * the GIL, read here without it.) */
+        if (__atomic_load_n(&seg->closing, __ATOMIC_ACQUIRE))
+            continue;
         int64_t slice = SS_SLEEP_SLICE_NS;
         if (!dl->infinite) {
             int64_t rem = ss_remaining_ns(dl);
@@ -146,6 +157,17 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
     }
 done:
     PyEval_RestoreThread(ts);
+unregister:
+    /* Leaving unwoken (ready on our own re-check, timed out, interrupted)
+     * may leave `waiting` at 1 with nobody asleep, and then every publish
+     * on the other side pays a futex wake for nobody.  We cannot tell
+     * whether other sleepers, in any process, registered too, so clear it
+     * the way the other side does: clear, bump the event, wake them all.
+     * Each one re-registers before it sleeps again (protocol.md 3.5 steps
+     * 2-4), so no wake-up is lost; if nobody sleeps, this is the one wake
+     * the next publish would have made. */
+    if (registered)
+        ss_wake_waiters(event, waiting);
     return result;
 }
 
@@ -416,14 +438,17 @@ enum { TAKE_BYTES, TAKE_RECORD, TAKE_INTO };
  * run while we hold a lock that it could try to take again. */
 enum { TAKE_OK, TAKE_ERR_COUNTERS, TAKE_ERR_RECORD, TAKE_ERR_TOO_SMALL, TAKE_ERR_NOMEM };
 
+/* Everything a result is made of is allocated before head moves: once it
+ * has moved the message is gone from the ring, and a MemoryError after that
+ * would lose it. */
 typedef struct {
     int mode;
     Py_ssize_t max;          /* messages to take at most */
     Py_buffer *into;         /* TAKE_INTO */
     PyObject *list;          /* batch: append here; else single result */
-    PyObject *result;        /* single: bytes (or bytearray for OOB records) */
-    int kind;                /* single: record kind */
-    Py_ssize_t nbytes;       /* TAKE_INTO: bytes copied */
+    PyObject *pair;          /* single TAKE_RECORD: an empty 2-tuple to fill */
+    PyObject *result;        /* single: bytes (or bytearray for OOB records),
+                                the filled pair, or TAKE_INTO's length */
     int err;                 /* TAKE_ERR_* */
     uint64_t err_a, err_b;
     int freed;               /* padding was consumed: room was freed */
@@ -483,8 +508,13 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
                 req->err_b = (uint64_t)req->into->len;
                 break;
             }
+            obj = PyLong_FromSsize_t((Py_ssize_t)len); /* the length to return */
+            if (obj == NULL) {
+                PyErr_Clear();
+                req->err = TAKE_ERR_NOMEM;
+                break;
+            }
             ring_read(self, seg, ring, hd + SS_RECORD_HEADER, req->into->buf, len);
-            req->nbytes = (Py_ssize_t)len;
         } else {
             char *dst = NULL;
             if (req->mode == TAKE_RECORD && kind == SS_KIND_PICKLE_OOB) {
@@ -527,9 +557,19 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
                 req->err = TAKE_ERR_NOMEM;
                 break;
             }
-        } else if (obj != NULL) {
+        } else if (req->pair != NULL) {
+            PyObject *k = PyLong_FromLong(kind); /* a cached small int */
+            if (k == NULL) {
+                Py_DECREF(obj);
+                PyErr_Clear();
+                req->err = TAKE_ERR_NOMEM;
+                break;
+            }
+            PyTuple_SET_ITEM(req->pair, 0, k);
+            PyTuple_SET_ITEM(req->pair, 1, obj);
+            req->result = req->pair;
+        } else {
             req->result = obj;
-            req->kind = kind;
         }
         hd += rec;
         taken++;
@@ -688,15 +728,16 @@ channel_put_bytes_nowait(ChannelObject *self, PyObject *data)
 static PyObject *
 take_one(ChannelObject *self, int mode, int blocking, const ss_deadline *dl)
 {
-    take_req req = {.mode = mode, .max = 1};
-    int n = channel_take(self, &req, blocking, dl);
-    if (n < 0)
+    /* (kind, payload) is filled in before head moves, so it is created now,
+     * before any lock is taken: a tuple is GC-tracked. */
+    PyObject *pair = NULL;
+    if (mode == TAKE_RECORD && (pair = PyTuple_New(2)) == NULL)
         return NULL;
-    if (n == 0)
-        return raise_empty(self);
-    if (mode == TAKE_RECORD) {
-        PyObject *res = Py_BuildValue("(iN)", req.kind, req.result);
-        return res;
+    take_req req = {.mode = mode, .max = 1, .pair = pair};
+    int n = channel_take(self, &req, blocking, dl);
+    if (n <= 0) {
+        Py_XDECREF(pair); /* still empty: no message was taken */
+        return n < 0 ? NULL : raise_empty(self);
     }
     return req.result;
 }
@@ -763,7 +804,7 @@ channel_recv_into(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     if (n == 0)
         return raise_empty(self);
-    return PyLong_FromSsize_t(req.nbytes);
+    return req.result;
 }
 
 static Py_ssize_t
@@ -811,26 +852,10 @@ get_many(ChannelObject *self, int mode, PyObject *const *args, Py_ssize_t nargs,
         Py_DECREF(list);
         return raise_empty(self);
     }
-    if (mode != TAKE_RECORD)
-        return list;
-    /* Pair up [kind, data, kind, data, ...] now that no lock is held. */
-    Py_ssize_t len = PyList_GET_SIZE(list) / 2;
-    PyObject *pairs = PyList_New(len);
-    if (pairs == NULL) {
-        Py_DECREF(list);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < len; i++) {
-        PyObject *t = PyTuple_Pack(2, PyList_GET_ITEM(list, 2 * i), PyList_GET_ITEM(list, 2 * i + 1));
-        if (t == NULL) {
-            Py_DECREF(list);
-            Py_DECREF(pairs);
-            return NULL;
-        }
-        PyList_SET_ITEM(pairs, i, t);
-    }
-    Py_DECREF(list);
-    return pairs;
+    /* Records stay flat, [kind, data, kind, data, ...]: pairing them up
+     * would allocate after head moved, and a MemoryError then would lose
+     * the whole batch. */
+    return list;
 }
 
 static PyObject *
@@ -1249,7 +1274,7 @@ static PyMethodDef channel_methods[] = {
      "Remove the oldest record; return (kind, payload)."},
     {"_get_records", CFUNC(channel_get_records), FASTKW,
      "_get_records($self, /, max_messages=None, block=True, timeout=None)\n--\n\n"
-     "Remove up to max_messages records; return [(kind, payload), ...]."},
+     "Remove up to max_messages records; return them flat: [kind, payload, ...]."},
     {"_wait_readable", (PyCFunction)channel_wait_readable, METH_O,
      "_wait_readable($self, timeout, /)\n--\n\n"
      "Wait until a message is queued, without taking it.  Returns False on timeout."},
