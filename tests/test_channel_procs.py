@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS, IMPORT_LINE
+from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS, IMPORT_LINE, proc_state
 
 import shmsem
 from shmsem import Channel, Mailbox, SharedMemory
@@ -907,7 +907,7 @@ def asleep_in_futex(pid: int) -> bool:
     """Whether pid's main thread sleeps in the kernel on a futex."""
     try:
         wchan = Path(f"/proc/{pid}/wchan").read_text()
-        state = proc_stat(pid)[0]
+        state = proc_state(pid)
     except OSError:
         return False
     return state == "S" and "futex" in wchan
@@ -929,7 +929,7 @@ def test_the_no_slice_shim_really_removes_the_safety_net(make, child, no_slice_s
                  "the child to sleep")
         # A record {len 2, kind BYTES} "hi" at ring offset 0, then tail, and no wake.
         raw.write_at(256, struct.pack("<II", 2, 1) + b"hi")
-        raw.write_at(80, struct.pack("<Q", 16))
+        raw.write_at(CHANNEL_OFFSETS["tail"], struct.pack("<Q", 16))
         time.sleep(0.5)  # five slices: without the shim the child finds it
         assert c.proc.poll() is None and asleep_in_futex(c.pid)
         ch.put_bytes(b"wake")  # a real put wakes it

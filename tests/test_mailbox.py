@@ -727,9 +727,10 @@ def test_writers_killed_mid_publish(make, child) -> None:
     assert got == seq + 1
     # The last writer died holding the lock: the newcomer took it over.
     assert recoveries == int(line[2])
-    # Every writer killed in the lock was taken over exactly once (the
-    # counter lives in the segment, shared by every process).
-    assert mb.stats()["recoveries"] == int(line[1])
+    # Every writer killed in the lock was taken over once (the counter lives
+    # in the segment, shared by every process).  The kills not aimed at the
+    # lock may have landed in it too.
+    assert int(line[1]) <= mb.stats()["recoveries"] <= kills
     assert mb.read() == (got, make_value(got, b"newcomer"))
     assert mb.stats()["writer_lock_pid"] == 0
 

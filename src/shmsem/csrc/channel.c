@@ -72,6 +72,9 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
     int result = 0;
     int registered = 0; /* set `waiting` at least once: see unregister */
 
+    /* The flag close() sets, read below without the GIL: taken here, where
+     * touching the object is allowed (the caller keeps seg alive). */
+    const int *closing = &seg->closing;
     PyThreadState *ts = PyEval_SaveThread();
 
     /* Spin: the peer is probably busy producing or consuming right now, and a
@@ -137,7 +140,7 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
          * event: if our e is the bumped value we see closing here, else the
          * futex_wait below returns at once.  (A plain int written under
          * the GIL, read here without it.) */
-        if (__atomic_load_n(&seg->closing, __ATOMIC_ACQUIRE))
+        if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
             continue;
         int64_t slice = SS_SLEEP_SLICE_NS;
         if (!dl->infinite) {
