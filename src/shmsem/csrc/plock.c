@@ -356,8 +356,8 @@ ss_plock_holder(ss_plock *lk)
  * lock/unlock pairs, with the GIL held throughout.  kind 0 is this file's
  * process lock; kind 1 is glibc's robust process-shared pthread mutex, the
  * reference it is compared with.  For benchmarks/lock.py. */
-PyObject *
-ss_lock_pair_ns(PyObject *module, PyObject *args)
+static PyObject *
+lock_pair_ns(PyObject *module, PyObject *args)
 {
     long n, kind = 0;
     if (!PyArg_ParseTuple(args, "l|l:_lock_pair_ns", &n, &kind))
@@ -395,3 +395,12 @@ ss_lock_pair_ns(PyObject *module, PyObject *args)
     }
     return PyFloat_FromDouble((double)(ss_now_ns() - start) / (double)n);
 }
+
+PyMethodDef ss_lock_functions[] = {
+    {"_lock_pair_ns", lock_pair_ns, METH_VARARGS,
+     "_lock_pair_ns(n, kind=0, /)\n--\n\n"
+     "Mean nanoseconds of n uncontended lock/unlock pairs (GIL held): kind 0 is\n"
+     "the process lock of Channel and Mailbox, kind 1 glibc's robust\n"
+     "process-shared pthread mutex.  For benchmarks/lock.py."},
+    {NULL, NULL, 0, NULL},
+};

@@ -107,6 +107,17 @@ PyObject *ss_raise(ss_state *st, const char *kind, int err, const char *syscall,
                    PyObject *key, long id, const char *detail);
 PyObject *ss_raise_errno(ss_state *st, const char *syscall, PyObject *key, long id);
 PyObject *ss_raise_closed(ss_state *st, const char *what);
+/* Raise for a failed shmget/semget/msgget, naming the key (err is errno). */
+PyObject *ss_raise_for_key(ss_state *st, int err, const char *syscall, key_t key);
+/* A key as Python shows it: an int in [-2**31, 2**31). */
+PyObject *ss_key_object(key_t key);
+
+/* Arguments of the System V functions: Python int -> C, with range checks
+ * and messages that name the argument (boundary.c).  0, or -1 with an
+ * exception set. */
+int ss_arg_int(PyObject *obj, const char *what, int *out);
+int ss_arg_id(PyObject *obj, const char *what, int *out);
+int ss_arg_size(PyObject *obj, const char *what, Py_ssize_t *out);
 
 /* ------------------------------------------------------------------------ */
 /* Time and deadlines, on CLOCK_MONOTONIC. */
@@ -310,7 +321,61 @@ int ss_plock_acquire(ss_plock *lk, const ss_deadline *dl, SegmentObject *seg,
 void ss_plock_release(ss_plock *lk, ss_lock_thread *me);
 /* The holder's thread id as its own PID namespace numbers it; 0 when free. */
 uint32_t ss_plock_holder(ss_plock *lk);
-PyObject *ss_lock_pair_ns(PyObject *module, PyObject *args);
+
+/* ------------------------------------------------------------------------ */
+/* Waiting (wait.c): an adaptive spin, then a futex sleep in bounded slices. */
+
+typedef struct {
+    /* current spin budget; adapts between MIN and MAX.  Atomic because threads
+     * sharing a handle update it with the GIL released; relaxed is enough. */
+    _Atomic int64_t spin_ns;
+} ss_spin;
+
+#define SS_SPIN_MIN_NS 2000
+#define SS_SPIN_MAX_NS 100000
+#define SS_SPIN_START_NS 20000
+/* A sleeper re-checks at least this often, so that a wake-up lost to a
+ * process killed between its commit and its wake only delays, never hangs. */
+#define SS_SLEEP_SLICE_NS 100000000LL
+
+typedef int (*ss_ready_fn)(void *ctx);
+
+/* Wait, with the GIL released, until ready(ctx) is true, the deadline passes
+ * or a signal handler raises.  Sleepers register in *waiting and sleep on
+ * *event.  Returns 1 ready, 0 timed out, -1 with an exception set. */
+int ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t *event,
+                  _Atomic uint32_t *waiting, const ss_deadline *dl, ss_spin *spin);
+
+/* The other side: after publishing, wake sleepers if any registered. */
+static inline void
+ss_wake_waiters(_Atomic uint32_t *event, _Atomic uint32_t *waiting)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(waiting, memory_order_relaxed) &&
+        atomic_exchange(waiting, 0)) {
+        atomic_fetch_add(event, 1);
+        ss_futex_wake(event, INT32_MAX);
+    }
+}
+
+/* Add name -> offset to dict d (module init of Channel and Mailbox).
+ * Returns 0 or -1. */
+static inline int
+ss_add_offset(PyObject *d, const char *name, size_t off)
+{
+    PyObject *v = PyLong_FromSize_t(off);
+    int r = v == NULL ? -1 : PyDict_SetItemString(d, name, v);
+    Py_XDECREF(v);
+    return r;
+}
+
+/* Objects with a header in a segment (object.c).  Validate the common
+ * header of a segment.  Returns 0, or -1 with
+ * FormatError set.  *ready_out is 0 when the magic is still zero (the creator
+ * has not finished). */
+int ss_check_common(SegmentObject *seg, uint64_t magic, size_t header_size, const char *what,
+                    int *ready_out);
+
 
 /* ------------------------------------------------------------------------ */
 /* Type specs, defined in their own files. */
@@ -321,7 +386,14 @@ extern PyType_Spec ss_sem_spec;
 extern PyType_Spec ss_channel_spec;
 extern PyType_Spec ss_mailbox_spec;
 
-extern PyMethodDef ss_ipc_functions[];  /* shm*, sem*, msg* module functions */
+/* Module functions, each table in the file of its concept; module.c
+ * registers them all. */
+extern PyMethodDef ss_boundary_functions[]; /* boundary.c */
+extern PyMethodDef ss_shm_functions[];      /* shm.c */
+extern PyMethodDef ss_sem_functions[];      /* sem.c */
+extern PyMethodDef ss_msg_functions[];      /* msg.c */
+extern PyMethodDef ss_key_functions[];      /* keys.c */
+extern PyMethodDef ss_lock_functions[];     /* plock.c */
 
 int ss_channel_module_init(PyObject *module);
 int ss_mailbox_module_init(PyObject *module);

@@ -1,4 +1,6 @@
-/* Segment: one shmat() mapping of a System V shared memory segment.
+/* System V shared memory: the Segment type (one shmat() mapping, exported
+ * through the buffer protocol with its pins) and the module functions over
+ * shmget/shmctl.
  *
  * Safety rules, in order of importance:
  *  - addr is NULL once unmapped, and every access checks it first;
@@ -12,6 +14,8 @@
  *    writer changing them concurrently cannot make us read out of bounds.
  */
 #include "shmsem.h"
+
+#include <stdio.h>
 
 PyObject *
 ss_segment_raise(SegmentObject *seg, const char *kind, const char *detail)
@@ -51,38 +55,6 @@ ss_segment_leave(SegmentObject *seg)
 {
     if (--seg->busy == 0 && seg->closing && seg->exports == 0 && seg->addr != NULL)
         segment_unmap(seg);
-}
-
-char *
-ss_object_enter(ss_state *st, SegmentObject *seg, const char *closed_msg, SegmentObject **segp)
-{
-    if (seg == NULL) {
-        ss_raise_closed(st, closed_msg);
-        return NULL;
-    }
-    char *base = ss_segment_enter(seg);
-    if (base == NULL)
-        return NULL;
-    Py_INCREF(seg);
-    *segp = seg;
-    return base;
-}
-
-void
-ss_object_leave(SegmentObject *seg)
-{
-    ss_segment_leave(seg);
-    Py_DECREF(seg);
-}
-
-char *
-ss_object_peek(ss_state *st, SegmentObject *seg, const char *closed_msg)
-{
-    if (seg == NULL) {
-        ss_raise_closed(st, closed_msg);
-        return NULL;
-    }
-    return ss_segment_addr(seg);
 }
 
 static PyObject *
@@ -486,4 +458,88 @@ PyType_Spec ss_segment_spec = {
     .basicsize = sizeof(SegmentObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = segment_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Module functions over shmget/shmctl. */
+
+static PyObject *
+ipc_shmget(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ss_state *st = ss_state_from_module(module);
+    key_t key;
+    Py_ssize_t size;
+    int flags;
+    if (!ss_check_nargs("shmget", nargs, 3, 3) || ss_parse_key(args[0], &key) < 0 ||
+        ss_arg_size(args[1], "size", &size) < 0 || ss_arg_int(args[2], "flags", &flags) < 0)
+        return NULL;
+    int id = shmget(key, (size_t)size, flags);
+    if (id < 0) {
+        return ss_raise_for_key(st, errno, "shmget", key);
+    }
+    return PyLong_FromLong(id);
+}
+
+static PyObject *
+ipc_shm_stat(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ss_state *st = ss_state_from_module(module);
+    int id;
+    if (!ss_check_nargs("shm_stat", nargs, 1, 2) || ss_arg_id(args[0], "shmid", &id) < 0)
+        return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
+    struct shmid_ds ds;
+    if (shmctl(id, IPC_STAT, &ds) < 0)
+        return ss_raise_errno(st, "shmctl(IPC_STAT)", key, id);
+    return Py_BuildValue("(iIIIIInLLLiik)", (int)SS_PERM_KEY(ds.shm_perm),
+                         (unsigned)ds.shm_perm.uid, (unsigned)ds.shm_perm.gid,
+                         (unsigned)ds.shm_perm.cuid, (unsigned)ds.shm_perm.cgid,
+                         (unsigned)ds.shm_perm.mode, (Py_ssize_t)ds.shm_segsz,
+                         (long long)ds.shm_atime, (long long)ds.shm_dtime,
+                         (long long)ds.shm_ctime, (int)ds.shm_cpid, (int)ds.shm_lpid,
+                         (unsigned long)ds.shm_nattch);
+}
+
+static PyObject *
+ipc_shm_rmid(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ss_state *st = ss_state_from_module(module);
+    int id;
+    if (!ss_check_nargs("shm_rmid", nargs, 1, 2) || ss_arg_id(args[0], "shmid", &id) < 0)
+        return NULL;
+    PyObject *key = nargs > 1 ? args[1] : NULL;
+    if (shmctl(id, IPC_RMID, NULL) < 0)
+        return ss_raise_errno(st, "shmctl(IPC_RMID)", key, id);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ipc_shm_set_mode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ss_state *st = ss_state_from_module(module);
+    int id, mode;
+    if (!ss_check_nargs("shm_set_mode", nargs, 2, 3) || ss_arg_id(args[0], "shmid", &id) < 0 ||
+        ss_arg_int(args[1], "mode", &mode) < 0)
+        return NULL;
+    PyObject *key = nargs > 2 ? args[2] : NULL;
+    struct shmid_ds ds;
+    if (shmctl(id, IPC_STAT, &ds) < 0)
+        return ss_raise_errno(st, "shmctl(IPC_STAT)", key, id);
+    ds.shm_perm.mode = (ds.shm_perm.mode & ~0777) | (mode & 0777);
+    if (shmctl(id, IPC_SET, &ds) < 0)
+        return ss_raise_errno(st, "shmctl(IPC_SET)", key, id);
+    Py_RETURN_NONE;
+}
+
+
+PyMethodDef ss_shm_functions[] = {
+    {"shmget", (PyCFunction)(void (*)(void))ipc_shmget, METH_FASTCALL,
+     "shmget(key, size, flags, /)\n--\n\nshmget(2); returns the segment id."},
+    {"shm_stat", (PyCFunction)(void (*)(void))ipc_shm_stat, METH_FASTCALL,
+     "shm_stat(shmid, key=None, /)\n--\n\nshmctl(IPC_STAT) as (key, uid, gid, cuid, cgid, mode, size,\n"
+     "atime, dtime, ctime, cpid, lpid, nattch)."},
+    {"shm_rmid", (PyCFunction)(void (*)(void))ipc_shm_rmid, METH_FASTCALL, "shm_rmid(shmid, key=None, /)\n--\n\nshmctl(IPC_RMID)."},
+    {"shm_set_mode", (PyCFunction)(void (*)(void))ipc_shm_set_mode, METH_FASTCALL,
+     "shm_set_mode(shmid, mode, key=None, /)\n--\n\nshmctl(IPC_SET) of the permission bits."},
+    {NULL, NULL, 0, NULL},
 };
