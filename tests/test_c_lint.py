@@ -52,14 +52,6 @@ class Finding:
 
 #: (file, function, rule, what) -> why it is allowed.  Keep this short.
 ALLOWED: dict[tuple[str, str, str, str], str] = {
-    # TODO(lock rewrite): channel_put (channel.c) copies the records with the
-    # GIL released (PyEval_SaveThread when need >= SS_NOGIL_COPY_THRESHOLD)
-    # and reads self->capacity there, directly and through ring_write(self,
-    # ...), without the GIL.  self is alive (the caller holds it) and its
-    # capacity is fixed once attached, so this is benign today; the copy
-    # should still take what it needs into locals before releasing the GIL.
-    # channel.c is being rewritten by the lock work; not edited here.
-    ("channel.c", "channel_put", "nogil-object", "self"): "TODO(lock rewrite)",
 }
 
 #: Py* names that need no GIL (macros over plain C, or documented GIL-free).

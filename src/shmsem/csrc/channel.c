@@ -63,12 +63,13 @@ ring_of(ss_channel_header *h)
 }
 
 /* The producer copies with the GIL released as a whole when the records
- * together are large (see channel_put), so this one never releases it. */
+ * together are large (see write_batch), so this one never releases it, and
+ * it takes the capacity, not the object: it may run without the GIL. */
 static void
-ring_write(ChannelObject *self, char *ring, uint64_t pos, const void *src, uint64_t n)
+ring_write(uint64_t cap, char *ring, uint64_t pos, const void *src, uint64_t n)
 {
-    uint64_t p = pos % self->capacity;
-    uint64_t first = self->capacity - p;
+    uint64_t p = pos % cap;
+    uint64_t first = cap - p;
     if (first > n)
         first = n;
     /* memmove: src may be a view of this very segment. */
@@ -130,7 +131,7 @@ raise_corrupt(ChannelObject *self, SegmentObject *seg, const char *what, uint64_
 /* ---- producing ---------------------------------------------------------- */
 
 typedef struct {
-    ChannelObject *self;
+    uint64_t capacity;          /* copied: has_space runs without the GIL */
     ss_channel_header *h;
     uint64_t need;
 } space_ctx;
@@ -143,7 +144,7 @@ has_space(void *p)
     uint64_t hd = atomic_load_explicit(&c->h->head, memory_order_acquire);
     uint64_t used = t - hd;
     /* Inconsistent snapshots and corruption count as "go and look". */
-    return used > c->self->capacity || c->self->capacity - used >= c->need;
+    return used > c->capacity || c->capacity - used >= c->need;
 }
 
 static int
@@ -154,38 +155,127 @@ has_data(void *p)
            atomic_load_explicit(&h->head, memory_order_acquire);
 }
 
-/* Append records.  parts[i] are the payload pieces; record r consists of
- * parts [first[r], first[r+1]).  All records are committed at once.
- * Returns 1 done, 0 no room (not blocking, or timed out), -1 error. */
+/* A batch of records to append: parts[i] are the payload pieces, and record
+ * r consists of parts [first[r], first[r+1]) with kind kinds[r]. */
+typedef struct {
+    const int *kinds;
+    Py_buffer *parts;
+    const Py_ssize_t *first;
+    Py_ssize_t nrec;
+    uint64_t need;              /* ring bytes of all its records */
+} put_batch;
+
+static uint64_t
+record_length(const put_batch *b, Py_ssize_t r)
+{
+    uint64_t len = 0;
+    for (Py_ssize_t i = b->first[r]; i < b->first[r + 1]; i++)
+        len += (uint64_t)b->parts[i].len;
+    return len;
+}
+
+/* Compute b->need; ValueError (-1) for a batch the ring can never hold. */
+static int
+size_batch(ChannelObject *self, put_batch *b)
+{
+    uint64_t max = MAX_PAYLOAD(self) < UINT32_MAX ? MAX_PAYLOAD(self) : UINT32_MAX;
+    b->need = 0;
+    for (Py_ssize_t r = 0; r < b->nrec; r++) {
+        uint64_t len = record_length(b, r);
+        if (len > max) {
+            PyErr_Format(PyExc_ValueError,
+                         "message of %llu bytes is larger than this channel can ever hold "
+                         "(max_message_size is %llu)",
+                         (unsigned long long)len, (unsigned long long)max);
+            return -1;
+        }
+        b->need += record_size(len);
+    }
+    if (b->need > self->capacity) {
+        PyErr_Format(PyExc_ValueError,
+                     "batch of %zd messages needs %llu bytes, more than the channel's "
+                     "capacity of %llu",
+                     b->nrec, (unsigned long long)b->need, (unsigned long long)self->capacity);
+        return -1;
+    }
+    return 0;
+}
+
+/* Write the records at stream position pos, after a padding record of pad
+ * bytes if pad > 0; returns the position after them.  Touches only C
+ * memory (the views are held, the operation keeps the mapping), so it may
+ * run without the GIL. */
+static uint64_t
+write_batch(uint64_t cap, char *ring, uint64_t pos, uint64_t pad, const put_batch *b)
+{
+    if (pad > 0) {
+        uint32_t ph[2] = {(uint32_t)(pad - SS_RECORD_HEADER), SS_KIND_PAD};
+        ring_write(cap, ring, pos, ph, sizeof ph);
+        pos += pad;
+    }
+    for (Py_ssize_t r = 0; r < b->nrec; r++) {
+        uint64_t len = record_length(b, r);
+        uint32_t rh[2] = {(uint32_t)len, (uint32_t)b->kinds[r]};
+        ring_write(cap, ring, pos, rh, sizeof rh);
+        uint64_t at = pos + SS_RECORD_HEADER;
+        for (Py_ssize_t i = b->first[r]; i < b->first[r + 1]; i++) {
+            ring_write(cap, ring, at, b->parts[i].buf, (uint64_t)b->parts[i].len);
+            at += (uint64_t)b->parts[i].len;
+        }
+        pos += record_size(len);
+    }
+    return pos;
+}
+
+enum { PUT_DONE = 1, PUT_NO_ROOM = 0, PUT_CORRUPT = -1 };
+
+/* With the producer lock held: append the batch if it fits, and commit it.
+ * On PUT_CORRUPT, *t and *hd are the bad counters (raised after unlock). */
+static int
+put_locked(ChannelObject *self, ss_channel_header *h, const put_batch *b, uint64_t *t,
+           uint64_t *hd)
+{
+    const uint64_t cap = self->capacity;
+    *t = atomic_load_explicit(&h->tail, memory_order_relaxed);
+    *hd = self->cached_head;
+    uint64_t at = *t % cap;
+    /* Records of REWIND_MIN_BYTES or more start at ring offset 0 when the
+     * ring is empty: large messages then cycle through the first few MiB of
+     * the ring, which stay in cache, whatever its capacity. */
+    int may_rewind = b->need >= REWIND_MIN_BYTES && at >= b->need &&
+                     cap - at - SS_RECORD_HEADER <= UINT32_MAX;
+    if (*t - *hd > cap || cap - (*t - *hd) < b->need || (may_rewind && *hd != *t)) {
+        *hd = atomic_load_explicit(&h->head, memory_order_acquire);
+        self->cached_head = *hd;
+    }
+    if ((*t & 7) || *t - *hd > cap)
+        return PUT_CORRUPT;
+    if (cap - (*t - *hd) < b->need)
+        return PUT_NO_ROOM;
+    uint64_t pad = may_rewind && *hd == *t ? cap - at : 0;
+    PyThreadState *ts = b->need >= SS_NOGIL_COPY_THRESHOLD ? PyEval_SaveThread() : NULL;
+    uint64_t end = write_batch(cap, ring_of(h), *t, pad, b);
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
+    /* Commit: the release store makes the bytes visible before tail. */
+    atomic_store_explicit(&h->tail, end, memory_order_release);
+    atomic_store_explicit(&h->put_count,
+                          atomic_load_explicit(&h->put_count, memory_order_relaxed) +
+                              (uint64_t)b->nrec,
+                          memory_order_relaxed);
+    return PUT_DONE;
+}
+
+/* Append a batch, all records committed at once.  Returns 1 done, 0 no
+ * room (not blocking, or timed out), -1 error. */
 static int
 channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const int *kinds,
             Py_buffer *parts, const Py_ssize_t *first, Py_ssize_t nrec, int blocking,
             const ss_deadline *dl)
 {
-    uint64_t need = 0;
-    for (Py_ssize_t r = 0; r < nrec; r++) {
-        uint64_t len = 0;
-        for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
-            len += (uint64_t)parts[i].len;
-        if (len > MAX_PAYLOAD(self) || len > UINT32_MAX) {
-            PyErr_Format(PyExc_ValueError,
-                         "message of %llu bytes is larger than this channel can ever hold "
-                         "(max_message_size is %llu)",
-                         (unsigned long long)len,
-                         (unsigned long long)(MAX_PAYLOAD(self) < UINT32_MAX ? MAX_PAYLOAD(self)
-                                                                            : UINT32_MAX));
-            return -1;
-        }
-        need += record_size(len);
-    }
-    if (need > self->capacity) {
-        PyErr_Format(PyExc_ValueError,
-                     "batch of %zd messages needs %llu bytes, more than the channel's "
-                     "capacity of %llu",
-                     nrec, (unsigned long long)need, (unsigned long long)self->capacity);
+    put_batch b = {kinds, parts, first, nrec, 0};
+    if (size_batch(self, &b) < 0)
         return -1;
-    }
-
     for (;;) {
         if (ss_segment_addr(seg) == NULL)
             return -1;
@@ -195,67 +285,20 @@ channel_put(ChannelObject *self, SegmentObject *seg, ss_channel_header *h, const
             return -1;
         if (lr == SS_LOCK_TIMEOUT)
             return 0;
-
-        uint64_t t = atomic_load_explicit(&h->tail, memory_order_relaxed);
-        uint64_t hd = self->cached_head;
-        uint64_t at = t % self->capacity;
-        int may_rewind = need >= REWIND_MIN_BYTES && at >= need &&
-                         self->capacity - at - SS_RECORD_HEADER <= UINT32_MAX;
-        if (t - hd > self->capacity || self->capacity - (t - hd) < need ||
-            (may_rewind && hd != t)) {
-            hd = atomic_load_explicit(&h->head, memory_order_acquire);
-            self->cached_head = hd;
-        }
-        if ((t & 7) || t - hd > self->capacity) {
-            ss_plock_release(&h->prod_lock, me);
-            raise_corrupt(self, seg, "tail and head are inconsistent", t, hd);
-            return -1;
-        }
-        if (self->capacity - (t - hd) >= need) {
-            char *ring = ring_of(h);
-            uint64_t pos = t;
-            /* Only C memory is touched until the commit: the views are held
-             * and the operation keeps the mapping. */
-            PyThreadState *ts = need >= SS_NOGIL_COPY_THRESHOLD ? PyEval_SaveThread() : NULL;
-            if (may_rewind && hd == t) {
-                /* The ring is empty and a large record would start deep in
-                 * it: pad to the end so that it starts at offset 0 instead.
-                 * Large messages then cycle through the first few MiB of the
-                 * ring, which stay in cache, whatever its capacity. */
-                uint64_t pad = self->capacity - at;
-                uint32_t ph[2] = {(uint32_t)(pad - SS_RECORD_HEADER), SS_KIND_PAD};
-                ring_write(self, ring, pos, ph, sizeof ph);
-                pos += pad;
-            }
-            for (Py_ssize_t r = 0; r < nrec; r++) {
-                uint64_t len = 0;
-                for (Py_ssize_t i = first[r]; i < first[r + 1]; i++)
-                    len += (uint64_t)parts[i].len;
-                uint32_t rh[2] = {(uint32_t)len, (uint32_t)kinds[r]};
-                ring_write(self, ring, pos, rh, sizeof rh);
-                uint64_t at = pos + SS_RECORD_HEADER;
-                for (Py_ssize_t i = first[r]; i < first[r + 1]; i++) {
-                    ring_write(self, ring, at, parts[i].buf, (uint64_t)parts[i].len);
-                    at += (uint64_t)parts[i].len;
-                }
-                pos += record_size(len);
-            }
-            if (ts != NULL)
-                PyEval_RestoreThread(ts);
-            /* Commit: the release store makes the bytes visible before tail. */
-            atomic_store_explicit(&h->tail, pos, memory_order_release);
-            atomic_store_explicit(&h->put_count,
-                                  atomic_load_explicit(&h->put_count, memory_order_relaxed) +
-                                      (uint64_t)nrec,
-                                  memory_order_relaxed);
-            ss_plock_release(&h->prod_lock, me);
+        uint64_t t, hd;
+        int r = put_locked(self, h, &b, &t, &hd);
+        ss_plock_release(&h->prod_lock, me);
+        if (r == PUT_DONE) {
             ss_wake_waiters(&h->data_event, &h->consumers_waiting);
             return 1;
         }
-        ss_plock_release(&h->prod_lock, me);
+        if (r == PUT_CORRUPT) {
+            raise_corrupt(self, seg, "tail and head are inconsistent", t, hd);
+            return -1;
+        }
         if (!blocking)
             return 0;
-        space_ctx ctx = {self, h, need};
+        space_ctx ctx = {self->capacity, h, b.need};
         int w = ss_wait_until(seg, has_space, &ctx, &h->space_event, &h->producers_waiting,
                               dl, &self->spin_put);
         if (w <= 0)
@@ -289,8 +332,97 @@ typedef struct {
     int freed;               /* padding was consumed: room was freed */
 } take_req;
 
-/* Returns the number of messages taken (>= 1), 0 when empty, -1 with
- * req->err set (and no Python exception). */
+static int
+take_failed(take_req *req, int err, uint64_t a, uint64_t b)
+{
+    req->err = err;
+    req->err_a = a;
+    req->err_b = b;
+    return -1;
+}
+
+/* The object that receives one message of len bytes, filled from the ring
+ * at pos: bytes, a bytearray (out-of-band buffers become writable arrays),
+ * or for TAKE_INTO the caller's buffer (the object is then the length).
+ * Only objects the garbage collector does not track are created here, so
+ * no collection and no finalizer can run while the lock is held.  NULL
+ * with req->err set (and no Python exception) on failure. */
+static PyObject *
+copy_message(ChannelObject *self, SegmentObject *seg, const char *ring, uint64_t pos,
+             uint64_t len, int kind, take_req *req)
+{
+    PyObject *obj;
+    char *dst;
+    if (req->mode == TAKE_INTO) {
+        if ((uint64_t)req->into->len < len) {
+            take_failed(req, TAKE_ERR_TOO_SMALL, len, (uint64_t)req->into->len);
+            return NULL;
+        }
+        obj = PyLong_FromSsize_t((Py_ssize_t)len);
+        dst = req->into->buf;
+    } else if (req->mode == TAKE_RECORD && kind == SS_KIND_PICKLE_OOB) {
+        obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
+        dst = obj != NULL ? PyByteArray_AS_STRING(obj) : NULL;
+    } else {
+        obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+        dst = obj != NULL ? PyBytes_AS_STRING(obj) : NULL;
+    }
+    if (obj == NULL) {
+        PyErr_Clear();
+        take_failed(req, TAKE_ERR_NOMEM, 0, 0);
+        return NULL;
+    }
+    ring_read(self, seg, ring, pos, dst, len);
+    return obj;
+}
+
+/* Hand one message (a new reference, always consumed) to the request:
+ * appended to a batch as kind, payload (paired into tuples, which the
+ * garbage collector tracks, only after the lock is released), or stored as
+ * the single result.  -1 with req->err set on failure. */
+static int
+deliver(take_req *req, PyObject *obj, int kind)
+{
+    if (req->list != NULL) {
+        int failed = 0;
+        if (req->mode == TAKE_RECORD) {
+            PyObject *k = PyLong_FromLong(kind); /* a cached small int */
+            failed = k == NULL || PyList_Append(req->list, k) < 0;
+            Py_XDECREF(k);
+        }
+        if (!failed && PyList_Append(req->list, obj) < 0) {
+            failed = 1;
+            if (req->mode == TAKE_RECORD) { /* drop the kind just appended */
+                Py_ssize_t n = PyList_GET_SIZE(req->list);
+                PyList_SetSlice(req->list, n - 1, n, NULL);
+            }
+        }
+        Py_DECREF(obj);
+        if (failed) {
+            PyErr_Clear();
+            return take_failed(req, TAKE_ERR_NOMEM, 0, 0);
+        }
+        return 0;
+    }
+    if (req->pair != NULL) {
+        PyObject *k = PyLong_FromLong(kind); /* a cached small int */
+        if (k == NULL) {
+            Py_DECREF(obj);
+            PyErr_Clear();
+            return take_failed(req, TAKE_ERR_NOMEM, 0, 0);
+        }
+        PyTuple_SET_ITEM(req->pair, 0, k);
+        PyTuple_SET_ITEM(req->pair, 1, obj);
+        req->result = req->pair;
+        return 0;
+    }
+    req->result = obj;
+    return 0;
+}
+
+/* With the consumer lock held: take up to req->max messages and commit
+ * them.  Returns the number taken (>= 1), 0 when empty, -1 with req->err
+ * set (and no Python exception). */
 static Py_ssize_t
 channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *h,
                     take_req *req)
@@ -304,12 +436,8 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
         t = atomic_load_explicit(&h->tail, memory_order_acquire);
         self->cached_tail = t;
     }
-    if ((hd & 7) || t - hd > self->capacity) {
-        req->err = TAKE_ERR_COUNTERS;
-        req->err_a = t;
-        req->err_b = hd;
-        return -1;
-    }
+    if ((hd & 7) || t - hd > self->capacity)
+        return take_failed(req, TAKE_ERR_COUNTERS, t, hd);
     Py_ssize_t taken = 0;
     while (hd != t && taken < req->max) {
         uint32_t rh[2];
@@ -318,9 +446,7 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
         int kind = (int)(rh[1] & 0xff);
         uint64_t rec = record_size(len);
         if (rec > t - hd) {
-            req->err = TAKE_ERR_RECORD;
-            req->err_a = len;
-            req->err_b = t - hd;
+            take_failed(req, TAKE_ERR_RECORD, len, t - hd);
             break;
         }
         if (kind == SS_KIND_PAD) {
@@ -332,80 +458,9 @@ channel_take_locked(ChannelObject *self, SegmentObject *seg, ss_channel_header *
             req->freed = 1;
             continue;
         }
-        /* Only objects the garbage collector does not track are created
-         * here (bytes, bytearray, small ints, list growth), so no collection
-         * and no finalizer can run while the lock is held. */
-        PyObject *obj = NULL;
-        if (req->mode == TAKE_INTO) {
-            if ((uint64_t)req->into->len < len) {
-                req->err = TAKE_ERR_TOO_SMALL;
-                req->err_a = len;
-                req->err_b = (uint64_t)req->into->len;
-                break;
-            }
-            obj = PyLong_FromSsize_t((Py_ssize_t)len); /* the length to return */
-            if (obj == NULL) {
-                PyErr_Clear();
-                req->err = TAKE_ERR_NOMEM;
-                break;
-            }
-            ring_read(self, seg, ring, hd + SS_RECORD_HEADER, req->into->buf, len);
-        } else {
-            char *dst = NULL;
-            if (req->mode == TAKE_RECORD && kind == SS_KIND_PICKLE_OOB) {
-                /* Out-of-band buffers become writable arrays: back them with
-                 * a bytearray. */
-                obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
-                if (obj != NULL)
-                    dst = PyByteArray_AS_STRING(obj);
-            } else {
-                obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-                if (obj != NULL)
-                    dst = PyBytes_AS_STRING(obj);
-            }
-            if (obj == NULL) {
-                PyErr_Clear();
-                req->err = TAKE_ERR_NOMEM;
-                break;
-            }
-            ring_read(self, seg, ring, hd + SS_RECORD_HEADER, dst, len);
-        }
-        if (req->list != NULL) {
-            /* Batches of records are appended as kind, payload and paired
-             * into tuples (GC-tracked) only after the lock is released. */
-            int failed = 0;
-            if (req->mode == TAKE_RECORD) {
-                PyObject *k = PyLong_FromLong(kind); /* a cached small int */
-                failed = k == NULL || PyList_Append(req->list, k) < 0;
-                Py_XDECREF(k);
-            }
-            if (!failed && PyList_Append(req->list, obj) < 0) {
-                failed = 1;
-                if (req->mode == TAKE_RECORD) { /* drop the kind just appended */
-                    Py_ssize_t n = PyList_GET_SIZE(req->list);
-                    PyList_SetSlice(req->list, n - 1, n, NULL);
-                }
-            }
-            Py_DECREF(obj);
-            if (failed) {
-                PyErr_Clear();
-                req->err = TAKE_ERR_NOMEM;
-                break;
-            }
-        } else if (req->pair != NULL) {
-            PyObject *k = PyLong_FromLong(kind); /* a cached small int */
-            if (k == NULL) {
-                Py_DECREF(obj);
-                PyErr_Clear();
-                req->err = TAKE_ERR_NOMEM;
-                break;
-            }
-            PyTuple_SET_ITEM(req->pair, 0, k);
-            PyTuple_SET_ITEM(req->pair, 1, obj);
-            req->result = req->pair;
-        } else {
-            req->result = obj;
-        }
+        PyObject *obj = copy_message(self, seg, ring, hd + SS_RECORD_HEADER, len, kind, req);
+        if (obj == NULL || deliver(req, obj, kind) < 0)
+            break;
         hd += rec;
         taken++;
     }
@@ -858,7 +913,7 @@ channel_wait_writable(ChannelObject *self, PyObject *const *args, Py_ssize_t nar
     ss_channel_header *h = channel_enter(self, &seg);
     if (h == NULL)
         return NULL;
-    space_ctx ctx = {self, h, record_size((uint64_t)nbytes)};
+    space_ctx ctx = {self->capacity, h, record_size((uint64_t)nbytes)};
     int w = ss_wait_until(seg, has_space, &ctx, &h->space_event, &h->producers_waiting, &dl,
                           &self->spin_put);
     ss_object_leave(seg);
@@ -903,7 +958,7 @@ channel_full(ChannelObject *self, PyObject *unused)
     ss_channel_header *h = channel_peek(self);
     if (h == NULL)
         return NULL;
-    space_ctx ctx = {self, h, SS_RECORD_HEADER};
+    space_ctx ctx = {self->capacity, h, SS_RECORD_HEADER};
     return PyBool_FromLong(!has_space(&ctx));
 }
 
