@@ -986,32 +986,22 @@ channel_stats(ChannelObject *self, PyObject *unused)
 
 /* ---- attach / init ------------------------------------------------------ */
 
+static const char *const attach_names[] = {"segment", "create", NULL};
+
 static PyObject *
-channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
+channel_attach(ChannelObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static char *kwlist[] = {"segment", "create", NULL};
-    PyObject *segobj;
-    int create = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:_attach", kwlist, &segobj, &create))
+    PyObject *a[2];
+    if (ss_parse_args("_attach", args, nargs, kwnames, attach_names, 1, a) < 0)
         return NULL;
-    if (!PyObject_TypeCheck(segobj, self->state->segment_type)) {
-        PyErr_SetString(PyExc_TypeError, "segment must be a shmsem._core.Segment");
+    int create = a[1] != NULL ? PyObject_IsTrue(a[1]) : 0;
+    if (create < 0)
         return NULL;
-    }
-    /* Once only: an operation of another thread may still use the private
-     * capacity of a detached mapping. */
-    if (self->seg != NULL || self->capacity != 0) {
-        PyErr_SetString(PyExc_RuntimeError, "a channel object attaches once");
-        return NULL;
-    }
-    SegmentObject *seg = (SegmentObject *)segobj;
-    char *base = ss_segment_addr(seg);
+    char *base = ss_object_attach_check(self->state, a[0],
+                                        self->seg != NULL || self->capacity != 0, "Channel");
     if (base == NULL)
         return NULL;
-    if (seg->readonly) {
-        return ss_segment_raise(seg, "readonly",
-                                "a Channel needs a writable attach (its locks live in the segment)");
-    }
+    SegmentObject *seg = (SegmentObject *)a[0];
     ss_channel_header *h = (ss_channel_header *)base;
     if (create) {
         if (seg->size < SS_CHANNEL_HEADER_SIZE + 64) {
@@ -1019,16 +1009,9 @@ channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
                          seg->size);
             return NULL;
         }
-        uint64_t cap = ((uint64_t)seg->size - SS_CHANNEL_HEADER_SIZE) & ~(uint64_t)7;
-        /* The segment is fresh (zero-filled) and not yet reachable by anyone
-         * who would trust it: magic is written last. */
         memset(base, 0, SS_CHANNEL_HEADER_SIZE);
-        h->common.version = SS_LAYOUT_VERSION;
-        h->common.header_size = SS_CHANNEL_HEADER_SIZE;
-        h->common.capacity = cap;
-        h->common.cell_stride = 0;
-        h->common.creator_pid = (uint32_t)getpid();
-        atomic_store_explicit(&h->common.magic, SS_CHANNEL_MAGIC, memory_order_release);
+        ss_object_init_header(base, SS_CHANNEL_MAGIC, SS_CHANNEL_HEADER_SIZE,
+                              ((uint64_t)seg->size - SS_CHANNEL_HEADER_SIZE) & ~(uint64_t)7, 0);
     }
     int ready;
     if (ss_check_common(seg, SS_CHANNEL_MAGIC, SS_CHANNEL_HEADER_SIZE, "Channel", &ready) < 0)
@@ -1042,7 +1025,7 @@ channel_attach(ChannelObject *self, PyObject *args, PyObject *kwds)
                                "Channel header is corrupt: capacity %llu does not fit the "
                                "%zd-byte segment",
                                (unsigned long long)cap, seg->size);
-    self->seg = (SegmentObject *)Py_NewRef(segobj);
+    self->seg = (SegmentObject *)Py_NewRef(seg);
     self->capacity = cap;
     self->cached_head = atomic_load(&h->head);
     self->cached_tail = atomic_load(&h->tail);
@@ -1053,19 +1036,11 @@ static PyObject *
 channel_detach_core(ChannelObject *self, PyObject *unused)
 {
     SegmentObject *seg = self->seg;
-    if (seg != NULL && seg->addr != NULL && seg->busy > 0 && seg->exports == 0) {
-        /* Operations of ours are in progress: mark the segment closing (the
-         * last one to leave unmaps it) and wake sleepers so that they see it
-         * at once.  Other processes' sleepers wake spuriously, find nothing
-         * changed, and sleep again. */
+    if (seg != NULL && seg->addr != NULL) {
         ss_channel_header *h = (ss_channel_header *)seg->addr;
-        seg->closing = 1;
-        atomic_fetch_add(&h->data_event, 1);
-        atomic_fetch_add(&h->space_event, 1);
-        ss_futex_wake(&h->data_event, INT32_MAX);
-        ss_futex_wake(&h->space_event, INT32_MAX);
-        ss_futex_wake(&h->prod_lock.word, INT32_MAX);
-        ss_futex_wake(&h->cons_lock.word, INT32_MAX);
+        _Atomic uint32_t *const events[] = {&h->data_event, &h->space_event};
+        _Atomic uint32_t *const locks[] = {&h->prod_lock.word, &h->cons_lock.word};
+        ss_object_detach(seg, events, 2, locks, 2);
     }
     Py_CLEAR(self->seg);
     Py_RETURN_NONE;
@@ -1179,7 +1154,7 @@ static PyMethodDef channel_methods[] = {
      "full($self, /)\n--\n\nWhether not even an empty message would fit (a snapshot)."},
     {"_stats", (PyCFunction)channel_stats, METH_NOARGS,
      "_stats($self, /)\n--\n\nCounters from the header, as a dict."},
-    {"_attach", CFUNC(channel_attach), METH_VARARGS | METH_KEYWORDS,
+    {"_attach", CFUNC(channel_attach), METH_FASTCALL | METH_KEYWORDS,
      "_attach($self, /, segment, create=False)\n--\n\n"
      "Bind to a segment, initialising its header when create is true.  Returns\n"
      "False if the header is not initialised yet."},

@@ -256,33 +256,28 @@ stride_for(uint64_t capacity)
     return SS_MAILBOX_CELL_HEADER + ((capacity + 63) & ~(uint64_t)63);
 }
 
+static const char *const attach_names[] = {"segment", "create", "capacity", NULL};
+
 static PyObject *
-mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
+mailbox_attach(MailboxObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static char *kwlist[] = {"segment", "create", "capacity", NULL};
-    PyObject *segobj;
-    int create = 0;
+    PyObject *a[3];
+    if (ss_parse_args("_attach", args, nargs, kwnames, attach_names, 1, a) < 0)
+        return NULL;
+    int create = a[1] != NULL ? PyObject_IsTrue(a[1]) : 0;
+    if (create < 0)
+        return NULL;
     unsigned long long capacity = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pK:_attach", kwlist, &segobj, &create,
-                                     &capacity))
-        return NULL;
-    if (!PyObject_TypeCheck(segobj, self->state->segment_type)) {
-        PyErr_SetString(PyExc_TypeError, "segment must be a shmsem._core.Segment");
-        return NULL;
+    if (a[2] != NULL) {
+        capacity = PyLong_AsUnsignedLongLong(a[2]);
+        if (capacity == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
     }
-    /* Once only: an operation of another thread may still use the private
-     * capacity and stride of a detached mapping. */
-    if (self->seg != NULL || self->stride != 0) {
-        PyErr_SetString(PyExc_RuntimeError, "a mailbox object attaches once");
-        return NULL;
-    }
-    SegmentObject *seg = (SegmentObject *)segobj;
-    char *base = ss_segment_addr(seg);
+    char *base = ss_object_attach_check(self->state, a[0],
+                                        self->seg != NULL || self->stride != 0, "Mailbox");
     if (base == NULL)
         return NULL;
-    if (seg->readonly)
-        return ss_segment_raise(seg, "readonly",
-                                "a Mailbox needs a writable attach (its lock lives in the segment)");
+    SegmentObject *seg = (SegmentObject *)a[0];
     ss_mailbox_header *h = (ss_mailbox_header *)base;
     if (create) {
         uint64_t stride = stride_for(capacity);
@@ -294,12 +289,7 @@ mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
         }
         memset(base, 0, SS_MAILBOX_HEADER_SIZE + 2 * SS_MAILBOX_CELL_HEADER);
         memset(base + SS_MAILBOX_HEADER_SIZE + stride, 0, SS_MAILBOX_CELL_HEADER);
-        h->common.version = SS_LAYOUT_VERSION;
-        h->common.header_size = SS_MAILBOX_HEADER_SIZE;
-        h->common.capacity = capacity;
-        h->common.cell_stride = stride;
-        h->common.creator_pid = (uint32_t)getpid();
-        atomic_store_explicit(&h->common.magic, SS_MAILBOX_MAGIC, memory_order_release);
+        ss_object_init_header(base, SS_MAILBOX_MAGIC, SS_MAILBOX_HEADER_SIZE, capacity, stride);
     }
     int ready;
     if (ss_check_common(seg, SS_MAILBOX_MAGIC, SS_MAILBOX_HEADER_SIZE, "Mailbox", &ready) < 0)
@@ -314,7 +304,7 @@ mailbox_attach(MailboxObject *self, PyObject *args, PyObject *kwds)
                                "Mailbox header is corrupt: capacity %llu and cell stride %llu "
                                "do not fit the %zd-byte segment",
                                (unsigned long long)cap, (unsigned long long)stride, seg->size);
-    self->seg = (SegmentObject *)Py_NewRef(segobj);
+    self->seg = (SegmentObject *)Py_NewRef(seg);
     self->capacity = cap;
     self->stride = stride;
     Py_RETURN_TRUE;
@@ -324,14 +314,11 @@ static PyObject *
 mailbox_detach_core(MailboxObject *self, PyObject *unused)
 {
     SegmentObject *seg = self->seg;
-    if (seg != NULL && seg->addr != NULL && seg->busy > 0 && seg->exports == 0) {
-        /* Operations of ours are in progress: mark the segment closing (the
-         * last one to leave unmaps it), and wake sleepers so they see it. */
+    if (seg != NULL && seg->addr != NULL) {
         ss_mailbox_header *h = (ss_mailbox_header *)seg->addr;
-        seg->closing = 1;
-        atomic_fetch_add(&h->event, 1);
-        ss_futex_wake(&h->event, INT32_MAX);
-        ss_futex_wake(&h->writer_lock.word, INT32_MAX);
+        _Atomic uint32_t *const events[] = {&h->event};
+        _Atomic uint32_t *const locks[] = {&h->writer_lock.word};
+        ss_object_detach(seg, events, 1, locks, 1);
     }
     Py_CLEAR(self->seg);
     Py_RETURN_NONE;
@@ -404,7 +391,7 @@ static PyMethodDef mailbox_methods[] = {
      "None if the timeout expires."},
     {"_stats", (PyCFunction)mailbox_stats, METH_NOARGS,
      "_stats($self, /)\n--\n\nCounters from the header, as a dict."},
-    {"_attach", (PyCFunction)(void (*)(void))mailbox_attach, METH_VARARGS | METH_KEYWORDS,
+    {"_attach", (PyCFunction)(void (*)(void))mailbox_attach, METH_FASTCALL | METH_KEYWORDS,
      "_attach($self, /, segment, create=False, capacity=0)\n--\n\n"
      "Bind to a segment, initialising it when create is true.  Returns False\n"
      "if the header is not initialised yet."},

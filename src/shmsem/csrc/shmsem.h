@@ -369,8 +369,14 @@ ss_add_offset(PyObject *d, const char *name, size_t off)
     return r;
 }
 
-/* Objects with a header in a segment (object.c).  Validate the common
- * header of a segment.  Returns 0, or -1 with
+/* Objects with a header in a segment (object.c). */
+char *ss_object_attach_check(ss_state *st, PyObject *segobj, int attached_before,
+                             const char *what);
+void ss_object_init_header(char *base, uint64_t magic, uint32_t header_size, uint64_t capacity,
+                           uint64_t cell_stride);
+void ss_object_detach(SegmentObject *seg, _Atomic uint32_t *const *events, int nevents,
+                      _Atomic uint32_t *const *lock_words, int nlocks);
+/* Validate the common header of a segment.  Returns 0, or -1 with
  * FormatError set.  *ready_out is 0 when the magic is still zero (the creator
  * has not finished). */
 int ss_check_common(SegmentObject *seg, uint64_t magic, size_t header_size, const char *what,

@@ -39,36 +39,27 @@ ss_sleep_ns(int64_t ns)
 
 static int ncpus_allowed(void);
 
-int
-ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t *event,
-              _Atomic uint32_t *waiting, const ss_deadline *dl, ss_spin *spin)
+/* Spin (GIL released) until ready, within the adaptive budget and the
+ * deadline.  The peer is probably busy producing or consuming right now,
+ * and a cache-line hand-off costs far less than a scheduler wake-up; when
+ * the peer can only be on our CPU, yield to it instead.  Returns whether it
+ * became ready, and adapts the budget: twice what a success took, halved
+ * after a failure. */
+static int
+spin_until_ready(ss_ready_fn ready, void *ctx, const ss_deadline *dl, ss_spin *spin)
 {
-    if (ready(ctx))
-        return 1;
-    if (!dl->infinite && ss_remaining_ns(dl) == 0)
-        return 0;
     int single_cpu = ncpus_allowed() <= 1;
-    int result = 0;
-    int registered = 0; /* set `waiting` at least once: see unregister */
-
-    /* The flag close() sets, read below without the GIL: taken here, where
-     * touching the object is allowed (the caller keeps seg alive). */
-    const int *closing = &seg->closing;
-    PyThreadState *ts = PyEval_SaveThread();
-
-    /* Spin: the peer is probably busy producing or consuming right now, and a
-     * cache-line hand-off costs far less than a scheduler wake-up.  When the
-     * peer can only be on our CPU, yield to it instead of spinning. */
     int64_t start = ss_now_ns();
     int64_t budget = spin->spin_ns;
     int64_t left = ss_remaining_ns(dl);
     if (left < budget)
         budget = left;
-    int got = 0;
     for (unsigned i = 0;; i++) {
         if (ready(ctx)) {
-            got = 1;
-            break;
+            int64_t want = 2 * (ss_now_ns() - start);
+            if (want > spin->spin_ns)
+                spin->spin_ns = want > SS_SPIN_MAX_NS ? SS_SPIN_MAX_NS : want;
+            return 1;
         }
         if (single_cpu || (i & 31) == 31) {
             sched_yield();
@@ -79,77 +70,87 @@ ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t
         if ((i & 7) == 7 && ss_now_ns() - start >= budget)
             break;
     }
-    int64_t waited = ss_now_ns() - start;
-    if (got) {
-        /* Worked: allow twice what it took, within bounds. */
-        int64_t want = 2 * waited;
-        if (want > spin->spin_ns)
-            spin->spin_ns = want > SS_SPIN_MAX_NS ? SS_SPIN_MAX_NS : want;
-        result = 1;
-        goto done;
-    }
     spin->spin_ns /= 2;
     if (spin->spin_ns < SS_SPIN_MIN_NS)
         spin->spin_ns = SS_SPIN_MIN_NS;
+    return 0;
+}
 
-    /* Sleep on the futex, registered in `waiting`, in bounded slices.  Signal
-     * handlers run after every slice and every wake, not only after EINTR: a
-     * signal that arrived while we were spinning interrupted nothing. */
+/* One sleep (GIL released), registered in `waiting`: 1 ready, 0 the
+ * deadline passed, 2 woken or slice over (check signals and go again).
+ * close() by another thread marks closing before it bumps the event: if our
+ * snapshot e is the bumped value we see closing here, else the futex_wait
+ * returns at once.  (closing is a plain int written under the GIL.) */
+static int
+sleep_once(ss_ready_fn ready, void *ctx, _Atomic uint32_t *event, _Atomic uint32_t *waiting,
+           const int *closing, const ss_deadline *dl)
+{
+    uint32_t e = atomic_load(event);
+    atomic_store(waiting, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (ready(ctx))
+        return 1;
+    if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
+        return 2;
+    int64_t slice = SS_SLEEP_SLICE_NS;
+    if (!dl->infinite) {
+        int64_t rem = ss_remaining_ns(dl);
+        if (rem == 0)
+            return 0;
+        if (rem < slice)
+            slice = rem;
+    }
+    ss_futex_wait(event, e, slice);
+    return ready(ctx) ? 1 : 2;
+}
+
+int
+ss_wait_until(SegmentObject *seg, ss_ready_fn ready, void *ctx, _Atomic uint32_t *event,
+              _Atomic uint32_t *waiting, const ss_deadline *dl, ss_spin *spin)
+{
+    if (ready(ctx))
+        return 1;
+    if (!dl->infinite && ss_remaining_ns(dl) == 0)
+        return 0;
+    /* The flag close() sets, read without the GIL: taken here, where
+     * touching the object is allowed (the caller keeps seg alive). */
+    const int *closing = &seg->closing;
+    PyThreadState *ts = PyEval_SaveThread();
+    int got = spin_until_ready(ready, ctx, dl, spin);
+    PyEval_RestoreThread(ts);
+    if (got)
+        return 1;
+
+    /* Sleep in bounded slices.  Signal handlers run after every slice and
+     * every wake, not only after EINTR: a signal that arrived while we were
+     * spinning interrupted nothing. */
+    int result;
     for (;;) {
-        PyEval_RestoreThread(ts);
         if (PyErr_CheckSignals() < 0) {
             result = -1;
-            goto unregister;
+            break;
         }
         if (seg->closing) {
             ss_segment_raise(seg, "closed", "the segment was detached while waiting");
             result = -1;
-            goto unregister;
+            break;
         }
         ts = PyEval_SaveThread();
-        uint32_t e = atomic_load(event);
-        atomic_store(waiting, 1);
-        registered = 1;
-        atomic_thread_fence(memory_order_seq_cst);
-        if (ready(ctx)) {
-            result = 1;
+        result = sleep_once(ready, ctx, event, waiting, closing, dl);
+        PyEval_RestoreThread(ts);
+        if (result != 2)
             break;
-        }
-        /* close() by another thread marks closing before it bumps the
-         * event: if our e is the bumped value we see closing here, else the
-         * futex_wait below returns at once.  (A plain int written under
-         * the GIL, read here without it.) */
-        if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
-            continue;
-        int64_t slice = SS_SLEEP_SLICE_NS;
-        if (!dl->infinite) {
-            int64_t rem = ss_remaining_ns(dl);
-            if (rem == 0) {
-                result = 0;
-                break;
-            }
-            if (rem < slice)
-                slice = rem;
-        }
-        ss_futex_wait(event, e, slice);
-        if (ready(ctx)) {
-            result = 1;
-            break;
-        }
     }
-done:
-    PyEval_RestoreThread(ts);
-unregister:
-    /* Leaving unwoken (ready on our own re-check, timed out, interrupted)
-     * may leave `waiting` at 1 with nobody asleep, and then every publish
-     * on the other side pays a futex wake for nobody.  We cannot tell
-     * whether other sleepers, in any process, registered too, so clear it
-     * the way the other side does: clear, bump the event, wake them all.
-     * Each one re-registers before it sleeps again (protocol.md 3.5 steps
-     * 2-4), so no wake-up is lost; if nobody sleeps, this is the one wake
-     * the next publish would have made. */
-    if (registered)
-        ss_wake_waiters(event, waiting);
+    /* We registered, and leave unwoken (ready on our own re-check, timed
+     * out, interrupted): `waiting` may stay 1 with nobody asleep, and then
+     * every publish on the other side pays a futex wake for nobody.  We
+     * cannot tell whether other sleepers, in any process, registered too,
+     * so clear it the way the other side does: clear, bump the event, wake
+     * them all.  Each one re-registers before it sleeps again (protocol.md
+     * 3.5 steps 2-4), so no wake-up is lost; if nobody sleeps, this is the
+     * one wake the next publish would have made.  (The first pass of the
+     * loop may fail before registering; a wake then is harmless.) */
+    ss_wake_waiters(event, waiting);
     return result;
 }
 
