@@ -372,10 +372,12 @@ segment_write_frame(SegmentObject *self, PyObject *arg)
     } else if (ss_segment_enter(self) != NULL) {
         ss_copy(self, self->addr + 4, buf, (size_t)len);
         int32_t hdr = (int32_t)len;
-        /* Payload first, then the length, so a reader polling the header never
-         * sees a new length over old bytes on this (TSO) machine. */
-        atomic_thread_fence(memory_order_release);
-        memcpy(self->addr, &hdr, sizeof hdr);
+        /* Payload first, then the length with a release store (the header is
+         * 4-aligned: the segment is page-aligned), so that a reader that
+         * loads the length with acquire order never sees a new length over
+         * old bytes, on any architecture.  (On x86 every store is a release
+         * store, which is what the .NET helper's plain reads rely on.) */
+        __atomic_store_n((int32_t *)(void *)self->addr, hdr, __ATOMIC_RELEASE);
         ss_segment_leave(self);
         result = PyLong_FromSsize_t(len);
     }
