@@ -1068,3 +1068,74 @@ def test_close_wakes_a_thread_blocked_forever(make, child, no_slice_shim, what) 
         assert c.wait() == 0
     finally:
         mb.close()
+
+
+def _thread_asleep_in_futex(pid: int, tid: int) -> bool:
+    try:
+        wchan = Path(f"/proc/{pid}/task/{tid}/wchan").read_text()
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] == "S" and "futex" in wchan
+
+
+def _signal_pending(pid: int, signum: int) -> bool:
+    """Whether signum waits, undelivered, in pid's shared pending set."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_a_woken_lock_waiter_that_gives_up_passes_the_wake_up_on(make, child, no_slice_shim) -> None:
+    """Issue 8, finding 6.  Two threads of a child wait for the producer lock
+    with no timeout: the main thread first, then thread B.  The unlock wakes
+    one sleeper, the main thread, which then gives up (a signal handler
+    raises).  It must pass the wake-up on, and B takes the lock.  Under the
+    no-slice shim a lost wake-up is a hang, so nothing here depends on time.
+
+    The main thread blocks the signal, so the kernel delivers it to B, which
+    goes back to sleep (only the main thread runs Python handlers); the main
+    thread runs the handler only once the unlock has woken it."""
+    ch = make(1 << 16)
+    lock = LOCKS["producer"]
+    _set_word(ch, "producer", dead_pid())  # held by "someone"
+    c = child(child_code(ch.id, """
+        import threading
+        class GaveUp(Exception):
+            pass
+        def handler(signum, frame):
+            raise GaveUp
+        signal.signal(signal.SIGUSR1, handler)
+        def b():
+            sys.stdin.readline()  # the parent says when: after the main thread sleeps
+            ch.put_bytes(b"from B")
+            print("B put", flush=True)
+        t = threading.Thread(target=b)
+        t.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        print("tids", os.getpid(), t.native_id, flush=True)
+        try:
+            ch.put_bytes(b"from main")
+            print("main put", flush=True)
+        except GaveUp:
+            print("main gave up", flush=True)
+        t.join()
+    """), env=shim_env(no_slice_shim))
+    _, main_tid, b_tid = c.readline().split()
+    main_tid, b_tid = int(main_tid), int(b_tid)
+    wait_for(lambda: _thread_asleep_in_futex(c.pid, main_tid) and _word(ch, "producer") & FUTEX_WAITERS,
+             "the main thread to sleep on the lock")
+    c.send("go")
+    wait_for(lambda: _thread_asleep_in_futex(c.pid, b_tid), "B to sleep on the lock")
+    os.kill(c.pid, signal.SIGUSR1)  # only B can take it
+    wait_for(lambda: not _signal_pending(c.pid, signal.SIGUSR1), "B to take the signal")
+    wait_for(lambda: _thread_asleep_in_futex(c.pid, b_tid), "B to sleep again")
+    assert _thread_asleep_in_futex(c.pid, main_tid)
+    with SharedMemory.from_id(ch.id) as shm:  # unlock as a holder does: free, wake one
+        shm.write_at(lock, bytes(4))
+        futex_wake(shm, lock, 1)
+    lines = {c.readline(timeout=WAIT), c.readline(timeout=WAIT)}
+    assert lines == {"main gave up", "B put"}, lines
+    assert c.wait() == 0
+    assert ch.get_bytes_nowait() == b"from B"
