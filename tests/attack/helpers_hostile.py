@@ -154,8 +154,7 @@ class RobustHolder:
     robust list (the C library's), so that the kernel marks the lock
     FUTEX_OWNER_DIED when this thread exits.  Only for a thread that holds
     nothing else: the nodes go at the head of the list, and they are never
-    unlinked (the holder holds until it dies).  ``base`` is the address of
-    this process's mapping of the segment."""
+    unlinked (the holder holds until it dies)."""
 
     def __init__(self) -> None:
         self.libc = ctypes.CDLL(None, use_errno=True)
@@ -176,8 +175,8 @@ class RobustHolder:
         self.tid = threading.get_native_id()
 
     def hold(self, words: "Words", base: int, off: int) -> None:
-        """Take the lock whose word is at ``off`` (free: nobody else may be
-        taking it) for good."""
+        """Take the lock whose word is at ``off`` in the segment this process
+        maps at ``base`` (free: nobody else may be taking it), for good."""
         node = base + off - self.futex_offset
         first = ctypes.c_void_p.from_address(self.head)
         ctypes.c_void_p.from_address(self.head + 16).value = node  # list_op_pending
@@ -850,6 +849,8 @@ def where(obj: Any) -> dict[str, int]:
     nr = _SYSCALLS[os.uname().machine]["get_robust_list"]
     ctypes.CDLL(None).syscall(nr, 0, ctypes.byref(head), ctypes.byref(size))
     shm = getattr(obj, "_shm", obj)  # a Channel's or Mailbox's SharedMemory, or one
+    if shm is None or shm.closed:
+        return {}  # a reopen that failed
     return {"addr": shm._attached().address, "robust_head": head.value or 0}
 
 
@@ -1196,7 +1197,7 @@ class Role_shm_opener(Role):
         self.got["ok"] += 1
         if obj.capacity != self.spec["capacity"]:
             self.got["other-capacity"] += 1
-            limit = shm.size - (256 if self.spec["target"] == "channel" else 128)
+            limit = shm.size - (CH_RING if self.spec["target"] == "channel" else MB_CELLS)
             if obj.capacity > limit:
                 self.h.bad(f"opened with capacity {obj.capacity} in a {shm.size}-byte segment")
         obj.close()

@@ -3,8 +3,9 @@
 A peer that can attach a segment can store anything into it.  Here a hostile
 writer process does so -- random bytes anywhere, adversarial values in the
 fields of docs/protocol.md, values held or churned forever, lock words naming
-live processes -- while victim processes use the same Channel, Mailbox or
-SharedMemory.  Whatever it writes, a victim must:
+live or dead threads or marked FUTEX_OWNER_DIED, the locks' robust-list links
+aimed at the victims' own nodes, words and list heads -- while victim
+processes use the same Channel, Mailbox or SharedMemory.  Whatever it writes, a victim must:
 
 * only ever see FormatError / FrameError (or queue.Empty / queue.Full when a
   timeout expires), never another exception and never a crash (a negative exit
