@@ -379,8 +379,10 @@ def big_consumer(shmid: int, seed: int, logpath: str) -> None:
             trap.armed = False
         except Boom:
             # Raised after the message was taken?  Then it is in buf.
+            if buf[:4] == b"STOP":
+                break  # the last message was taken: waiting for another would never end
             size = struct.unpack_from("<I", buf, 8)[0] + 16
-            if buf[:4] != b"STOP" and size <= len(buf):
+            if size <= len(buf):
                 try:
                     _who, seq = decode(view[:size])
                 except ValueError:
@@ -575,6 +577,8 @@ def ki_consumer(ch_id: int, mb_id: int, seed: int, logpath: str) -> None:
             if how < 0.5:
                 # recv_into copies before it commits: a message taken by an
                 # interrupted call is in buf.
+                if buf[:4] == b"STOP":
+                    break
                 seq = seq_in_buffer(buf)
                 if seq is not None and (not got or seq > got[-1]):
                     got.append(seq)
