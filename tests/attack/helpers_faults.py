@@ -79,13 +79,22 @@ def wait_stopped(pid: int, timeout: float = 5.0) -> bool:
     return True
 
 
+def stop(pid: int) -> None:
+    """SIGSTOP pid and wait until it is stopped: what it holds then is what
+    it dies with.  A pid that does not stop within WAIT is an error (whether
+    it holds a lock would be a guess)."""
+    os.kill(pid, signal.SIGSTOP)
+    if not wait_stopped(pid, WAIT):
+        raise RuntimeError(f"pid {pid} did not stop within {WAIT}s of SIGSTOP")
+
+
 def stop_and_kill(pid: int, holder: Callable[[], int],
                   on_stopped: Callable[[], None] | None = None) -> bool:
     """SIGSTOP pid, look whether it holds the lock that ``holder()`` names (a
-    pid) and call ``on_stopped()``, then SIGKILL it.  Returns whether it died
-    holding the lock."""
-    os.kill(pid, signal.SIGSTOP)
-    wait_stopped(pid)
+    thread id: the pid of a single-threaded process) and call
+    ``on_stopped()``, then SIGKILL it.  Returns whether it died holding the
+    lock."""
+    stop(pid)
     held = holder() == pid
     if on_stopped is not None:
         on_stopped()
@@ -103,8 +112,7 @@ def kill_in_lock(pid: int, holder: Callable[[], int], budget: float,
     while time.monotonic() < deadline:
         if holder() != pid:
             continue
-        os.kill(pid, signal.SIGSTOP)
-        wait_stopped(pid)
+        stop(pid)
         if holder() == pid:
             if on_stopped is not None:
                 on_stopped()

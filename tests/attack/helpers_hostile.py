@@ -45,23 +45,41 @@ from typing import Any, Callable
 ATTACK_DIR = Path(__file__).resolve().parent
 # tests/, for proc_helpers (children get it on PYTHONPATH from child_env).
 sys.path.insert(0, str(ATTACK_DIR.parent))
-from proc_helpers import drop_to_user_prelude, lock_identity  # noqa: E402
-from proc_helpers import ns_tag as ns_tag  # noqa: E402  (re-exported)
+from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS  # noqa: E402
+from proc_helpers import drop_to_user_prelude  # noqa: E402
+
+from shmsem._core import CHANNEL_OFFSETS, LOCK_OFFSETS, MAILBOX_OFFSETS  # noqa: E402
 
 # ---------------------------------------------------------------------------
-# docs/protocol.md offsets
+# docs/protocol.md offsets (section 1 by hand; the lock, Channel and Mailbox
+# fields from the C structs, which tests/protocol checks against the document)
 
 MAGIC, VERSION, HEADER_SIZE, CAPACITY, CELL_STRIDE, CREATOR_PID = 0, 8, 12, 16, 24, 32
 CHANNEL_MAGIC = 0x48434D45534D4853
 MAILBOX_MAGIC = 0x424D4D45534D4853
-# lock: owner u64, seq u32 (futex), waiting u32
-LOCK_OWNER, LOCK_SEQ, LOCK_WAITING = 0, 8, 12
-CH_PROD_LOCK, CH_TAIL, CH_PUT_COUNT, CH_DATA_EVENT = 64, 80, 88, 96
-CH_CONS_LOCK, CH_HEAD, CH_GET_COUNT, CH_SPACE_EVENT = 128, 144, 152, 160
-CH_CONSUMERS_WAITING, CH_PRODUCERS_WAITING = 192, 196
-CH_RING = 256
-MB_WRITER_LOCK, MB_STATE, MB_EVENT, MB_WAITING = 64, 80, 88, 92
-MB_CELLS = 128
+# The lock (section 2): u32 futex word, u64 recoveries, the holder's
+# robust-list node in the 16 bytes of links (two u64: glibc's "prev" and the
+# node's "next"); the rest is reserved.
+LOCK_WORD = LOCK_OFFSETS["word"]
+LOCK_RECOVERIES = LOCK_OFFSETS["recoveries"]
+LOCK_LINKS = LOCK_OFFSETS["links"]
+LOCK_SIZE = LOCK_OFFSETS["size"]
+LOCK_LINKS_SIZE = 16
+LOCK_RESERVED = [[LOCK_WORD + 4, 4], [LOCK_RECOVERIES + 8, 8],
+                 [LOCK_LINKS + LOCK_LINKS_SIZE, LOCK_SIZE - LOCK_LINKS - LOCK_LINKS_SIZE]]
+CH_PROD_LOCK, CH_TAIL, CH_PUT_COUNT = (CHANNEL_OFFSETS[k] for k in ("producer_lock", "tail",
+                                                                     "put_count"))
+CH_CONS_LOCK, CH_HEAD, CH_GET_COUNT = (CHANNEL_OFFSETS[k] for k in ("consumer_lock", "head",
+                                                                     "get_count"))
+CH_DATA_EVENT, CH_SPACE_EVENT = CHANNEL_OFFSETS["data_event"], CHANNEL_OFFSETS["space_event"]
+CH_CONSUMERS_WAITING = CHANNEL_OFFSETS["consumers_waiting"]
+CH_PRODUCERS_WAITING = CHANNEL_OFFSETS["producers_waiting"]
+CH_RING = 256  # header_size
+CH_LOCKS = [CH_PROD_LOCK, CH_CONS_LOCK]
+MB_WRITER_LOCK, MB_STATE, MB_EVENT, MB_WAITING = (MAILBOX_OFFSETS[k] for k in (
+    "writer_lock", "state", "event", "waiting"))
+MB_CELLS = 128  # header_size
+MB_LOCKS = [MB_WRITER_LOCK]
 CELL_LOCK_SEQ, CELL_SEQ, CELL_LENGTH, CELL_DATA = 0, 8, 16, 64
 
 U64 = 2**64 - 1
@@ -70,7 +88,10 @@ U32 = 2**32 - 1
 # A palette of adversarial numbers for 8-byte and 4-byte fields.
 PALETTE64 = [0, 1, 7, 8, 9, 16, 0x7F, 0xFF, 0xFFFF, U32, U32 + 1, 2**31 - 1, 2**31,
              2**48, 2**63 - 1, 2**63, U64, U64 - 7, U64 - 8]
-PALETTE32 = [0, 1, 2, 3, 4, 7, 8, 0xFF, 0x100, 0xFFFF, 2**31 - 1, 2**31, U32 - 7, U32]
+PALETTE32 = [0, 1, 2, 3, 4, 7, 8, 0xFF, 0x100, 0xFFFF, 2**31 - 1, 2**31, U32 - 7, U32,
+             # lock words: free with waiters, the kernel's "holder died" marks, an id
+             FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_OWNER_DIED | FUTEX_WAITERS,
+             FUTEX_OWNER_DIED | 1, FUTEX_TID_MASK]
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -104,7 +125,65 @@ def sanitizer_report(stderr: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# Lock identities (docs/protocol.md section 2): proc_helpers.lock_identity
+# Lock words (docs/protocol.md section 2): the holder's thread id, or 0, with
+# FUTEX_WAITERS and FUTEX_OWNER_DIED
+
+
+def word_state(word: int) -> int:
+    """A lock word without FUTEX_WAITERS, which any waiter may set: the id
+    and FUTEX_OWNER_DIED, what says who holds the lock."""
+    return word & ~FUTEX_WAITERS & U32
+
+
+_SYSCALLS = {"x86_64": {"get_robust_list": 274, "set_robust_list": 273},
+             "aarch64": {"get_robust_list": 100, "set_robust_list": 99}}
+
+
+def mapping_address(buf: memoryview) -> int:
+    """The address of the first byte of a (writable) memoryview."""
+    c = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
+
+
+class RobustHolder:
+    """Hold locks as a foreign peer of docs/protocol.md section 2 does: store
+    this thread's id in the word and put the lock's node on this thread's
+    robust list (the C library's), so that the kernel marks the lock
+    FUTEX_OWNER_DIED when this thread exits.  Only for a thread that holds
+    nothing else: the nodes go at the head of the list, and they are never
+    unlinked (the holder holds until it dies)."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        nr = _SYSCALLS[os.uname().machine]
+        head, size = ctypes.c_void_p(), ctypes.c_size_t()
+        if self.libc.syscall(nr["get_robust_list"], 0, ctypes.byref(head), ctypes.byref(size)):
+            raise OSError(ctypes.get_errno(), "get_robust_list")
+        if not head.value:
+            # No list registered by the C library: register one of our own.
+            self._own = (ctypes.c_long * 3)()
+            addr = ctypes.addressof(self._own)
+            self._own[0], self._own[1], self._own[2] = addr, -(LOCK_LINKS + 8), 0
+            if self.libc.syscall(nr["set_robust_list"], ctypes.c_void_p(addr), 24):
+                raise OSError(ctypes.get_errno(), "set_robust_list")
+            head.value = addr
+        self.head = head.value
+        self.futex_offset = ctypes.c_long.from_address(self.head + 8).value
+        self.tid = threading.get_native_id()
+
+    def hold(self, words: "Words", base: int, off: int) -> None:
+        """Take the lock whose word is at ``off`` in the segment this process
+        maps at ``base`` (free: nobody else may be taking it), for good."""
+        node = base + off - self.futex_offset
+        first = ctypes.c_void_p.from_address(self.head)
+        ctypes.c_void_p.from_address(self.head + 16).value = node  # list_op_pending
+        words.set32(off, self.tid)
+        ctypes.c_void_p.from_address(node).value = first.value
+        first.value = node
+        ctypes.c_void_p.from_address(self.head + 16).value = None
 
 
 def dead_pid() -> int:
@@ -436,8 +515,20 @@ def hostile_main(spec: dict[str, Any]) -> None:
                (spec["targets"]: [[offset, width], ...]) and random bytes at
                random offsets in [lo, hi) (spec["span"]); with spec["pace"],
                about that many seconds between stores;
-      once     write spec["writes"] once, then watch spec["watch"] offsets
-               (u64) and report any change (nothing else writes).
+      once     write spec["writes"] once, then watch the lock words at
+               spec["watch"] and report any change of who holds them
+               (word_state; nothing else writes).  writes "SELF" stores
+               this process's id into the watched words without linking
+               them (a holder the kernel does not know of); "SELF-ROBUST"
+               takes them as a real holder (RobustHolder), and leaves the
+               segment attached at exit, so that the kernel marks them.
+
+    In random mode, every target is written once before the random stores,
+    and "stopped" reports how many stores each target got ("hits").  With
+    spec["pointers"], 8-byte targets inside a lock's links take those
+    values, addresses in this process's mapping of the same lock fields and
+    the plain palette (a node's "next" pointing at itself, at another node,
+    at a word, at a victim's robust-list head...).
     """
     import shmsem
 
@@ -458,19 +549,27 @@ def hostile_main(spec: dict[str, Any]) -> None:
         c = cmds.poll()
         return c in ("stop", "eof")
 
+    keep_attached = False
+    hits: dict[int, int] = collections.Counter()
     if mode == "once":
         writes = spec["writes"]
-        if writes in ("SELF", "SELF-BARE"):
-            me = lock_identity(os.getpid()) if writes == "SELF" else os.getpid()
-            writes = [[off, 8, me] for off in spec["watch"]]
+        if writes == "SELF":
+            writes = [[off, 4, threading.get_native_id()] for off in spec["watch"]]
+        elif writes == "SELF-ROBUST":
+            holder = RobustHolder()
+            base = mapping_address(buf)
+            for off in spec["watch"]:
+                holder.hold(words, base, off)
+            writes = []
+            keep_attached = True
         for off, width, value in writes:
             words.store(off, width, value)
             n += 1
-        watch = {off: words.get64(off) for off in spec.get("watch", [])}
-        emit(t="started", pid=os.getpid())
+        watch = {off: word_state(words.get32(off)) for off in spec.get("watch", [])}
+        emit(t="started", pid=os.getpid(), words={off: words.get32(off) for off in watch})
         while not stop():
             for off, old in watch.items():
-                now = words.get64(off)
+                now = word_state(words.get32(off))
                 if now != old:
                     changed.append([off, old, now])
                     watch[off] = now
@@ -478,6 +577,22 @@ def hostile_main(spec: dict[str, Any]) -> None:
     else:
         targets = spec.get("targets", [])
         lo, hi = spec.get("span", [0, 0])
+        pointers: dict[int, list[int]] = {}
+        if "pointers" in spec:
+            base = mapping_address(buf)
+            mine = [base + lock + f for lock in spec.get("locks", [])
+                    for f in (LOCK_WORD, LOCK_LINKS, LOCK_LINKS + 8)]
+            values = list(spec["pointers"]) + mine + PALETTE64
+            values += [v | 1 for v in values]  # bit 0: the kernel's PI flag
+            for lock in spec.get("locks", []):
+                for f in range(LOCK_LINKS, LOCK_LINKS + LOCK_LINKS_SIZE, 8):
+                    pointers[lock + f] = values
+        if mode == "random":
+            for off, width in targets:  # every target at least once
+                words.store(off, width, rng.choice(pointers.get(off) or
+                                                   (PALETTE64 if width == 8 else PALETTE32)))
+                hits[off] += 1
+                n += 1
         k = 0
         while True:
             for _ in range(256):
@@ -499,8 +614,9 @@ def hostile_main(spec: dict[str, Any]) -> None:
                     r = rng.random()
                     if targets and r < 0.7:
                         off, width = rng.choice(targets)
-                        palette = PALETTE64 if width == 8 else PALETTE32
-                        if rng.random() < 0.6:
+                        palette = pointers.get(off) or (PALETTE64 if width == 8 else PALETTE32)
+                        hits[off] += 1
+                        if rng.random() < 0.6 or off in pointers:
                             value = rng.choice(palette)
                         else:
                             value = rng.getrandbits(8 * width)
@@ -519,7 +635,12 @@ def hostile_main(spec: dict[str, Any]) -> None:
                 time.sleep(spec["pace"] * 256)
             if stop():
                 break
-    emit(t="stopped", writes=n, changed=changed)
+    emit(t="stopped", writes=n, changed=changed, hits=hits)
+    if keep_attached:
+        # The kernel reads the nodes at exit, before it unmaps the segment:
+        # detaching (even in a finalizer) would hide them from it.
+        sys.stdout.flush()
+        os._exit(0)
     words.release()
     del buf
     shm.detach()
@@ -683,7 +804,7 @@ def victim_main(spec: dict[str, Any]) -> None:
     rng = random.Random(spec.get("seed", 1))
     role = globals()["Role_" + kind.replace("-", "_")](h, spec, rng)
     role.obj = opener(spec["shmid"])
-    emit(t="ready", pid=os.getpid(), ident=lock_identity(os.getpid()))
+    emit(t="ready", pid=os.getpid(), tid=threading.get_native_id(), **where(role.obj))
     extra: dict[str, Any] = {}
     try:
         while True:
@@ -694,7 +815,7 @@ def victim_main(spec: dict[str, Any]) -> None:
                 ok, obj = h.call("reopen", lambda: opener(spec["shmid"]))
                 if ok:
                     role.obj = obj
-                emit(t="reopened", ok=ok)
+                emit(t="reopened", ok=ok, **where(role.obj))
             elif word == "attack":
                 h.phase.clear()
                 while True:
@@ -719,6 +840,18 @@ def victim_main(spec: dict[str, Any]) -> None:
     finally:
         h.summary(**extra)
         role.obj.close()
+
+
+def where(obj: Any) -> dict[str, int]:
+    """Addresses in this process a hostile peer may aim pointers at: the
+    mapping of obj's segment, and this thread's robust-list head."""
+    head, size = ctypes.c_void_p(), ctypes.c_size_t()
+    nr = _SYSCALLS[os.uname().machine]["get_robust_list"]
+    ctypes.CDLL(None).syscall(nr, 0, ctypes.byref(head), ctypes.byref(size))
+    shm = getattr(obj, "_shm", obj)  # a Channel's or Mailbox's SharedMemory, or one
+    if shm is None or shm.closed:
+        return {}  # a reopen that failed
+    return {"addr": shm._attached().address, "robust_head": head.value or 0}
 
 
 class Role:
@@ -1064,7 +1197,7 @@ class Role_shm_opener(Role):
         self.got["ok"] += 1
         if obj.capacity != self.spec["capacity"]:
             self.got["other-capacity"] += 1
-            limit = shm.size - (256 if self.spec["target"] == "channel" else 128)
+            limit = shm.size - (CH_RING if self.spec["target"] == "channel" else MB_CELLS)
             if obj.capacity > limit:
                 self.h.bad(f"opened with capacity {obj.capacity} in a {shm.size}-byte segment")
         obj.close()

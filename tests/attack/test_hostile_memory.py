@@ -3,8 +3,9 @@
 A peer that can attach a segment can store anything into it.  Here a hostile
 writer process does so -- random bytes anywhere, adversarial values in the
 fields of docs/protocol.md, values held or churned forever, lock words naming
-live processes -- while victim processes use the same Channel, Mailbox or
-SharedMemory.  Whatever it writes, a victim must:
+live or dead threads or marked FUTEX_OWNER_DIED, the locks' robust-list links
+aimed at the victims' own nodes, words and list heads -- while victim
+processes use the same Channel, Mailbox or SharedMemory.  Whatever it writes, a victim must:
 
 * only ever see FormatError / FrameError (or queue.Empty / queue.Full when a
   timeout expires), never another exception and never a crash (a negative exit
@@ -167,21 +168,36 @@ class Rig:
         objects.append(self.w)
         self.header = bytes(self.w.buf[0:64])
         self.stride = self.w.get64(H.CELL_STRIDE)
+        self.locks = H.CH_LOCKS if kind == "channel" else H.MB_LOCKS
         self.epoch = 0
         self.victims = [victim(procs, role, self.obj.id, self.raw.size) for role in roles]
+
+    def pointers(self) -> list[int]:
+        """Addresses in the victims, as they map the segment now, that a
+        hostile "next" pointer may aim at: the segment, each lock's word and
+        node, and each victim's robust-list head."""
+        out = []
+        for v in self.victims:
+            at = [o for o in v.seen if o.get("t") in ("ready", "reopened") and "addr" in o][-1]
+            a = at["addr"]
+            out += [a, at["robust_head"]]
+            out += [a + lock + f for lock in self.locks
+                    for f in (H.LOCK_WORD, H.LOCK_LINKS, H.LOCK_LINKS + 8)]
+        return out
 
     # -- repairs: a consistent header, at positions no cached value is near --
 
     def repair(self) -> None:
         w = self.w
         w.buf[0:64] = self.header
+        # The locks: free, no count, no node (no victim holds one: they are
+        # all between calls).
+        for lock in self.locks:
+            w.buf[lock:lock + H.LOCK_SIZE] = bytes(H.LOCK_SIZE)
         if self.kind == "channel":
             self.epoch += 1
             # Positions only grow; a new epoch is far above anything cached.
             pos = (self.epoch << 44) | (1 << 40)
-            for lock in (H.CH_PROD_LOCK, H.CH_CONS_LOCK):
-                w.set64(lock + H.LOCK_OWNER, 0)
-                w.set32(lock + H.LOCK_WAITING, 0)
             w.set64(H.CH_HEAD, pos)
             w.set64(H.CH_TAIL, pos)
             for off in (H.CH_PUT_COUNT, H.CH_GET_COUNT):
@@ -189,8 +205,6 @@ class Rig:
             for off in (H.CH_CONSUMERS_WAITING, H.CH_PRODUCERS_WAITING):
                 w.set32(off, 0)
         else:
-            w.set64(H.MB_WRITER_LOCK + H.LOCK_OWNER, 0)
-            w.set32(H.MB_WRITER_LOCK + H.LOCK_WAITING, 0)
             w.set32(H.MB_WAITING, 0)
             for cell in (H.MB_CELLS, H.MB_CELLS + self.stride):
                 for f in (H.CELL_LOCK_SEQ, H.CELL_SEQ, H.CELL_LENGTH):
@@ -227,7 +241,8 @@ class Rig:
             assert r["n"] == RECOVER_N, (
                 f"after the repair, {r['who']} recovered {r['n']} of {RECOVER_N}: "
                 f"{self.victims[0].describe()}")
-        return {"phases": paused, "writes": stopped["writes"]}
+        hits = {int(k): v for k, v in stopped["hits"].items()}
+        return {"phases": paused, "writes": stopped["writes"], "hits": hits}
 
     def finish(self) -> list[dict[str, Any]]:
         return [finish(v) for v in self.victims]
@@ -237,11 +252,25 @@ class Rig:
 # Random scribbling while in use
 
 
+def lock_targets(lock: int) -> list[list[int]]:
+    """Every field of a lock: the word, the count, both pointers of the
+    links (the holder's node: a peer writes them, nobody reads them) and
+    the reserved bytes."""
+    return ([[lock + H.LOCK_WORD, 4], [lock + H.LOCK_RECOVERIES, 8],
+             [lock + H.LOCK_LINKS, 8], [lock + H.LOCK_LINKS + 8, 8]]
+            + [[lock + off, width] for off, width in H.LOCK_RESERVED])
+
+
+def lock_pointer_fields(locks: list[int]) -> list[int]:
+    """The offsets of the lock words and of the 8-byte halves of the links."""
+    return [lock + f for lock in locks for f in (H.LOCK_WORD, H.LOCK_LINKS, H.LOCK_LINKS + 8)]
+
+
 def channel_targets() -> list[list[int]]:
     t = [[H.MAGIC, 8], [H.VERSION, 4], [H.HEADER_SIZE, 4], [H.CAPACITY, 8],
          [H.CELL_STRIDE, 8], [H.CREATOR_PID, 4]]
-    for lock in (H.CH_PROD_LOCK, H.CH_CONS_LOCK):
-        t += [[lock + H.LOCK_OWNER, 8], [lock + H.LOCK_SEQ, 4], [lock + H.LOCK_WAITING, 4]]
+    for lock in H.CH_LOCKS:
+        t += lock_targets(lock)
     t += [[H.CH_TAIL, 8], [H.CH_HEAD, 8], [H.CH_PUT_COUNT, 8], [H.CH_GET_COUNT, 8],
           [H.CH_DATA_EVENT, 4], [H.CH_SPACE_EVENT, 4], [H.CH_CONSUMERS_WAITING, 4],
           [H.CH_PRODUCERS_WAITING, 4]]
@@ -253,10 +282,9 @@ def channel_targets() -> list[list[int]]:
 
 def mailbox_targets(stride: int) -> list[list[int]]:
     t = [[H.MAGIC, 8], [H.VERSION, 4], [H.HEADER_SIZE, 4], [H.CAPACITY, 8],
-         [H.CELL_STRIDE, 8], [H.CREATOR_PID, 4],
-         [H.MB_WRITER_LOCK + H.LOCK_OWNER, 8], [H.MB_WRITER_LOCK + H.LOCK_SEQ, 4],
-         [H.MB_WRITER_LOCK + H.LOCK_WAITING, 4], [H.MB_STATE, 8], [H.MB_EVENT, 4],
-         [H.MB_WAITING, 4]]
+         [H.CELL_STRIDE, 8], [H.CREATOR_PID, 4]]
+    t += lock_targets(H.MB_WRITER_LOCK)
+    t += [[H.MB_STATE, 8], [H.MB_EVENT, 4], [H.MB_WAITING, 4]]
     for cell in (H.MB_CELLS, H.MB_CELLS + stride):
         t += [[cell + H.CELL_LOCK_SEQ, 8], [cell + H.CELL_SEQ, 8], [cell + H.CELL_LENGTH, 8]]
     return t
@@ -264,16 +292,17 @@ def mailbox_targets(stride: int) -> list[list[int]]:
 
 def body_targets(kind: str, stride: int) -> tuple[list[list[int]], list[int]]:
     """Fields a peer may legitimately write while using the object -- record
-    headers, lock, futex and waiting words (channel), cell counters and
-    lengths (mailbox) -- and the span of payload bytes."""
+    headers, lock words, counts and links, futex and waiting words
+    (channel), cell counters and lengths (mailbox) -- and the span of
+    payload bytes."""
     if kind == "channel":
-        t = [[H.CH_PROD_LOCK + H.LOCK_OWNER, 8], [H.CH_CONS_LOCK + H.LOCK_OWNER, 8],
-             [H.CH_DATA_EVENT, 4], [H.CH_SPACE_EVENT, 4], [H.CH_CONSUMERS_WAITING, 4],
-             [H.CH_PRODUCERS_WAITING, 4]]
+        t = [x for lock in H.CH_LOCKS for x in lock_targets(lock)[:4]]
+        t += [[H.CH_DATA_EVENT, 4], [H.CH_SPACE_EVENT, 4], [H.CH_CONSUMERS_WAITING, 4],
+              [H.CH_PRODUCERS_WAITING, 4]]
         t += [x for x in channel_targets() if x[0] >= H.CH_RING]
         return t, [H.CH_RING, H.CH_RING + CAP]
     t = [x for x in mailbox_targets(stride) if x[0] >= H.MB_CELLS]
-    t += [[H.MB_WRITER_LOCK + H.LOCK_OWNER, 8], [H.MB_EVENT, 4], [H.MB_WAITING, 4]]
+    t += lock_targets(H.MB_WRITER_LOCK)[:4] + [[H.MB_EVENT, 4], [H.MB_WAITING, 4]]
     return t, [H.MB_CELLS, H.MB_CELLS + 2 * stride]
 
 
@@ -284,7 +313,13 @@ def test_random_scribbles_while_in_use(procs, objects, reliability, kind) -> Non
     random bytes anywhere in the segment, as fast as a process can.  Round 2:
     only what peers write in use (record headers, lock and waiting words,
     cells), so that the victims keep exchanging messages between the damage.
-    Each round ends with a repair and an exact recovery."""
+    Each round ends with a repair and an exact recovery.
+
+    Both rounds write every lock's word and both pointers of its links (the
+    holder's robust-list node), aiming the pointers at the victims' own
+    nodes, words, segment and robust-list heads, while the victims lock and
+    unlock: shmsem never reads a pointer from shared memory, so nothing it
+    stores there can crash a victim or make it follow a list anywhere."""
     rig = Rig(procs, objects, kind)
     if kind == "channel":
         for i in range(5):
@@ -299,7 +334,10 @@ def test_random_scribbles_while_in_use(procs, objects, reliability, kind) -> Non
               ("in-use fields", {"mode": "random", "targets": body, "span": span, "seed": 2,
                                  "pace": 0.0002})]
     for name, spec in rounds:
+        spec.update(pointers=rig.pointers(), locks=rig.locks)
         r = rig.case(spec, reopen=False)
+        unhit = [off for off in lock_pointer_fields(rig.locks) if not r["hits"].get(off)]
+        assert not unhit, f"{name}: the hostile writer never wrote the lock fields at {unhit}"
         phases = r["phases"]
         reliability(kind=kind, round=name, inputs=sum(sum(ph["phase"].values()) for ph in phases),
                     corruptions=r["writes"],
@@ -408,37 +446,41 @@ def test_mailbox_adversarial_values_held(procs, objects, reliability) -> None:
 # Fields an open handle must not depend on: exact delivery while scribbled
 
 HARMLESS = ["waiting-flags-set-forever", "waiting-flags-cleared-events-bumped",
-            "header-scribble"]
+            "header-scribble", "lock-links-scribbled"]
 
 
-def harmless_spec(kind: str, mode: str, stride: int) -> dict[str, Any]:
+def harmless_spec(rig: Rig, mode: str) -> dict[str, Any]:
     rng = random.Random(5)
-    if kind == "channel":
-        flags = [H.CH_CONSUMERS_WAITING, H.CH_PRODUCERS_WAITING,
-                 H.CH_PROD_LOCK + H.LOCK_WAITING, H.CH_CONS_LOCK + H.LOCK_WAITING]
-        events = [H.CH_DATA_EVENT, H.CH_SPACE_EVENT, H.CH_PROD_LOCK + H.LOCK_SEQ,
-                  H.CH_CONS_LOCK + H.LOCK_SEQ]
+    common = [[H.MAGIC, 8], [H.VERSION, 4], [H.HEADER_SIZE, 4], [H.CAPACITY, 8],
+              [H.CELL_STRIDE, 8], [H.CREATOR_PID, 4], [36, 4], [40, 8], [48, 8], [56, 8]]
+    if rig.kind == "channel":
+        flags = [H.CH_CONSUMERS_WAITING, H.CH_PRODUCERS_WAITING]
+        events = [H.CH_DATA_EVENT, H.CH_SPACE_EVENT]
         # The common header (magic and capacity included: an open handle keeps
         # private copies), the counters, the futex words and reserved bytes.
-        scribble = [[H.MAGIC, 8], [H.VERSION, 4], [H.HEADER_SIZE, 4], [H.CAPACITY, 8],
-                    [H.CELL_STRIDE, 8], [H.CREATOR_PID, 4], [36, 4], [40, 8], [48, 8],
-                    [56, 8], [H.CH_PUT_COUNT, 8], [H.CH_GET_COUNT, 8], [100, 4], [104, 8],
-                    [120, 8], [164, 4], [168, 8], [184, 8], [200, 8], [248, 8]] + \
-                   [[e, 4] for e in events]
+        reserved = [[off, 8] for off in range(H.CH_PRODUCERS_WAITING + 4, H.CH_RING, 8)]
+        scribble = common + [[H.CH_PUT_COUNT, 8], [H.CH_GET_COUNT, 8]] + reserved
     else:
-        flags = [H.MB_WAITING, H.MB_WRITER_LOCK + H.LOCK_WAITING]
-        events = [H.MB_EVENT, H.MB_WRITER_LOCK + H.LOCK_SEQ]
-        scribble = [[H.MAGIC, 8], [H.VERSION, 4], [H.HEADER_SIZE, 4], [H.CAPACITY, 8],
-                    [H.CELL_STRIDE, 8], [H.CREATOR_PID, 4], [36, 4], [40, 8], [56, 8],
-                    [96, 8], [120, 8]] + [[e, 4] for e in events]
-        for cell in (H.MB_CELLS, H.MB_CELLS + stride):
-            scribble += [[cell + 24, 8], [cell + 56, 8]]
+        flags = [H.MB_WAITING]
+        events = [H.MB_EVENT]
+        scribble = common[:]
+        for cell in (H.MB_CELLS, H.MB_CELLS + rig.stride):
+            scribble += [[cell + off, 8] for off in range(24, H.CELL_DATA, 8)]
+    scribble += [[e, 4] for e in events]
     if mode == "waiting-flags-set-forever":
         return {"mode": "hold", "writes": [[f, 4, 1] for f in flags]}
     if mode == "waiting-flags-cleared-events-bumped":
         frames = [[[f, 4, 0] for f in flags] + [[e, 4, rng.getrandbits(32)] for e in events]
                   for _ in range(16)]
         return {"mode": "cycle", "frames": frames}
+    if mode == "lock-links-scribbled":
+        # Everything of the locks but their words: the holder's node (aimed
+        # at the victims' own nodes, words and robust-list heads), the count
+        # and the reserved bytes.
+        targets = [x for lock in rig.locks for x in lock_targets(lock)
+                   if x[0] - lock != H.LOCK_WORD]
+        return {"mode": "random", "targets": targets, "pointers": rig.pointers(),
+                "locks": rig.locks}
     return {"mode": "random", "targets": scribble}
 
 
@@ -447,14 +489,17 @@ def test_exact_while_fields_it_must_not_depend_on_are_scribbled(procs, objects, 
                                                                 kind) -> None:
     """Waiting flags set forever cost only syscalls; cleared forever (and the
     futex words bumped), only the bounded sleep slices; the common header,
-    counters and reserved bytes, nothing.  Every message is delivered exactly
+    counters and reserved bytes, nothing; the locks' links (the holder's
+    robust-list node, which only the kernel reads, when a holder dies), their
+    recovery counts and reserved bytes, nothing, while every put, get and
+    publish locks and unlocks.  Every message is delivered exactly
     and in order (every value read is intact and newer), and processes that
     open the object meanwhile get FormatError or a handle whose capacity fits
     the segment."""
     rig = Rig(procs, objects, kind)
     n = 300
     for mode in HARMLESS:
-        bad = hostile(procs, rig.raw.id, **harmless_spec(kind, mode, rig.stride))
+        bad = hostile(procs, rig.raw.id, **harmless_spec(rig, mode))
         opener = None
         if mode == "header-scribble":
             opener = victim(procs, "shm-opener", rig.raw.id, rig.raw.size, target=kind,
@@ -463,6 +508,10 @@ def test_exact_while_fields_it_must_not_depend_on_are_scribbled(procs, objects, 
         base = rig.obj.seq if kind == "mailbox" else 0
         done = rig.all(f"go {n} {base}", "done")
         stopped = stop_hostile(bad)
+        if mode == "lock-links-scribbled":
+            unhit = [off for off in lock_pointer_fields(rig.locks)[1::3]
+                     + lock_pointer_fields(rig.locks)[2::3] if not stopped["hits"].get(str(off))]
+            assert not unhit, f"the hostile writer never wrote the links at {unhit}"
         opened: dict[str, int] = {}
         if opener is not None:
             opener.send("pause")
@@ -526,35 +575,66 @@ def test_mailbox_read_gives_up_on_a_churned_current_cell(procs, objects, reliabi
 
 
 # ---------------------------------------------------------------------------
-# Lock words: live holders that never release, our own identity, churn
+# Lock words: live holders that never release, words the kernel marked, churn
 
 
-LOCK_CASES = ["live-foreign-ident", "live-foreign-bare-pid", "live-owners-churned",
-              "dead-owners-churned", "own-exact-ident", "own-pid-old-start-time"]
-# The holder is alive: every call must wait, as long as its timeout says.
-LIVE = {"live-foreign-ident", "live-foreign-bare-pid", "live-owners-churned"}
-# The holder is dead (docs/protocol.md section 2: our own pid with another
-# start time, or our own identity while no thread of ours holds a lock, is an
-# earlier process image): taken over at once.
-TAKEN = {"own-exact-ident", "own-pid-old-start-time"}
+LOCK_CASES = ["live-robust-holder", "live-id-unlinked", "victim-own-id", "live-ids-churned",
+              "dead-ids-churned", "owner-died", "owner-died-waiters", "owner-died-churned"]
+# A word with an id and no FUTEX_OWNER_DIED is held (docs/protocol.md section
+# 2), whoever it names: every call must wait, as long as its timeout says.
+HELD = {"live-robust-holder", "live-id-unlinked", "victim-own-id", "live-ids-churned",
+        "dead-ids-churned"}
+# The kernel's mark of a holder that died: taken over at once, and counted.
+TAKEN = {"owner-died", "owner-died-waiters", "owner-died-churned"}
+
+
+def lock_case_spec(case: str, words: list[int], victim_tid: int) -> dict[str, Any]:
+    W, DIED = H.FUTEX_WAITERS, H.FUTEX_OWNER_DIED
+    if case == "live-robust-holder":
+        # The hostile writer takes the locks as a peer of the protocol does
+        # (its id in the word, the node on its robust list) and never lets go.
+        return {"mode": "once", "writes": "SELF-ROBUST", "watch": words}
+    if case == "live-id-unlinked":
+        # Its id in the word, but no node on its list: the kernel will not
+        # know when it dies.
+        return {"mode": "once", "writes": "SELF", "watch": words}
+    if case == "victim-own-id":
+        return {"mode": "once", "writes": [[o, 4, victim_tid] for o in words], "watch": words}
+    if case == "owner-died":
+        return {"mode": "once", "writes": [[o, 4, DIED] for o in words], "watch": words}
+    if case == "owner-died-waiters":
+        return {"mode": "once", "writes": [[o, 4, DIED | W] for o in words], "watch": words}
+    if case == "owner-died-churned":
+        return {"mode": "cycle", "frames": [[[o, 4, v] for o in words] for v in (DIED, DIED | W)]}
+    if case == "live-ids-churned":
+        live = [os.getpid(), os.getppid(), victim_tid]  # pytest, its parent, the victim
+        return {"mode": "cycle",
+                "frames": [[[o, 4, v | w] for o in words] for v in live for w in (0, W)]}
+    dead = H.dead_pid()
+    return {"mode": "cycle",
+            "frames": [[[o, 4, (dead - k) | w] for o in words] for k in range(8) for w in (0, W)]}
 
 
 @pytest.mark.parametrize("kind", ["channel", "mailbox"])
 def test_lock_held_by_someone_else(procs, objects, reliability, kind) -> None:
-    """Against a lock it must not take (a live holder with a full identity or
-    a bare pid, or owner words that keep naming live processes), every call
-    honours its timeout, never holds the GIL while waiting, and never steals
-    the lock; publish() has no timeout and keeps waiting (interrupted here by
-    SIGALRM) while readers go on undisturbed.  Once the holder is dead -- or
-    the word names a dead process, or our own earlier image -- the lock is
-    taken over.  Owner words churned through dead identities cost at most
-    the timeouts."""
+    """Against a lock it must not take -- a live peer holding it as the
+    protocol says, a live process's id it never linked, the victim's own id,
+    ids churned through live processes or dead ones: none carries
+    FUTEX_OWNER_DIED, so all are held -- every call honours its timeout,
+    never holds the GIL while waiting, and never steals the lock; publish()
+    has no timeout and keeps waiting (interrupted here by SIGALRM) while
+    readers go on undisturbed.  When the peer that linked its node dies, the
+    kernel marks the word FUTEX_OWNER_DIED and the next call takes it over,
+    counting one recovery per lock; a process that never linked its node
+    dies and its lock stays held (nobody guesses from pids) until a human
+    clears it.  Words with FUTEX_OWNER_DIED (with or without waiters, or
+    churned) are taken at once and counted."""
     if kind == "channel":
         obj: Any = Channel.create(None, CAP)
-        words = [H.CH_PROD_LOCK + H.LOCK_OWNER, H.CH_CONS_LOCK + H.LOCK_OWNER]
+        words = [lock + H.LOCK_WORD for lock in H.CH_LOCKS]
     else:
         obj = Mailbox.create(None, CAP)
-        words = [H.MB_WRITER_LOCK + H.LOCK_OWNER]
+        words = [lock + H.LOCK_WORD for lock in H.MB_LOCKS]
     objects.append(obj)
     raw = SharedMemory.from_id(obj.id)
     objects.append(raw)
@@ -562,46 +642,19 @@ def test_lock_held_by_someone_else(procs, objects, reliability, kind) -> None:
     objects.append(w)
     t = 0.4
     probe = victim(procs, f"{kind}-lockprobe", obj.id, raw.size, timeout=t)
-    vident = next(o for o in probe.seen if o.get("t") == "ready")["ident"]
-    me = os.getpid()
+    vtid = next(o for o in probe.seen if o.get("t") == "ready")["tid"]
+    first = "put_bytes" if kind == "channel" else "publish"
     problems: list[str] = []
-    for case in LOCK_CASES:
+
+    def recoveries() -> int:
+        return obj.stats().recoveries if kind == "channel" else obj.stats()["recoveries"]
+
+    def states() -> list[int]:
+        return [H.word_state(w.get32(o)) for o in words]
+
+    def check_held(results: list[Any], say: str) -> None:
+        out = {label: (outcome, elapsed) for label, outcome, elapsed, _ in results}
         if kind == "channel":
-            obj.put_bytes(b"first")
-        else:
-            obj.publish(b"first")
-        if case == "live-foreign-ident":
-            spec: dict[str, Any] = {"mode": "once", "writes": "SELF", "watch": words}
-        elif case == "live-foreign-bare-pid":
-            spec = {"mode": "once", "writes": "SELF-BARE", "watch": words}
-        elif case == "own-exact-ident":
-            spec = {"mode": "once", "writes": [[o, 8, vident] for o in words], "watch": words}
-        elif case == "own-pid-old-start-time":
-            spec = {"mode": "once", "writes": [[o, 8, vident ^ (1 << 32)] for o in words],
-                    "watch": words}
-        elif case == "live-owners-churned":
-            pp = os.getppid()
-            live = [H.lock_identity(me), me, H.lock_identity(pp), pp]  # pytest itself and its parent
-            spec = {"mode": "cycle", "frames": [[[o, 8, v] for o in words] for v in live]}
-        else:
-            tag = H.ns_tag() << 56
-            dead = H.dead_pid()
-            spec = {"mode": "cycle",
-                    "frames": [[[o, 8, tag | (dead - k)] for o in words] for k in range(8)]}
-        bad = hostile(procs, raw.id, **spec)
-        probe.send("held")
-        held = probe.expect("probe", 60)["results"]
-        out = {label: (outcome, elapsed) for label, outcome, elapsed, _ in held}
-        say = f"{kind} {case}: {held}"
-        first = "put_bytes" if kind == "channel" else "publish"
-        if case in TAKEN:
-            # recv_into may find the queue drained by the calls before it.
-            if out[first][0] != "ok" or any(o not in ("ok", "Empty") for o, _ in out.values()):
-                problems.append(f"the lock of a dead earlier holder was not taken: {say}")
-        elif case not in LIVE:
-            if any(o not in ("ok", "Empty", "Full", "Stalled") for o, _ in out.values()):
-                problems.append(f"unexpected outcome: {say}")
-        elif kind == "channel":
             for label in ("put_bytes", "put_many_bytes", "put_bytes_nowait", "put(block=False)"):
                 if out[label][0] != "Full":
                     problems.append(f"{label} did not give up with queue.Full: {say}")
@@ -613,29 +666,75 @@ def test_lock_held_by_someone_else(procs, objects, reliability, kind) -> None:
                           "recv_into"):
                 if out[label][1] < t * 0.95:
                     problems.append(f"{label} gave up before its {t} s timeout: {say}")
+        elif out["publish"][0] != "Stalled":
+            problems.append(f"publish() did not wait for the holder: {say}")
+
+    for case in LOCK_CASES:
+        if kind == "channel":
+            obj.put_bytes(b"first")
         else:
-            if out["publish"][0] != "Stalled":
-                problems.append(f"publish() did not wait for a live holder: {say}")
+            obj.publish(b"first")
+        before = recoveries()
+        bad = hostile(procs, raw.id, **lock_case_spec(case, words, vtid))
+        probe.send("held")
+        held = probe.expect("probe", 60)
+        out = {label: (outcome, elapsed) for label, outcome, elapsed, _ in held["results"]}
+        say = f"{kind} {case}: {held}"
+        if case in TAKEN:
+            # recv_into may find the queue drained by the calls before it.
+            if out[first][0] != "ok" or any(o not in ("ok", "Empty") for o, _ in out.values()):
+                problems.append(f"a lock marked FUTEX_OWNER_DIED was not taken: {say}")
+            if case == "owner-died-churned":
+                if held["recoveries"] < len(words):
+                    problems.append(f"takeovers were not counted: {say}")
+            elif held["recoveries"] != len(words):
+                problems.append(f"{len(words)} takeovers counted as {held['recoveries']}: {say}")
+        else:
+            check_held(held["results"], say)
+            if held["recoveries"]:
+                problems.append(f"a held lock was counted as recovered: {say}")
         if kind == "mailbox" and any(out[k][0] != "ok" for k in ("read", "wait(seq-1)",
                                                                   "wait(seq)")):
             problems.append(f"a reader was disturbed by the writer lock: {say}")
+        hostile_pid = bad.pid
+        again = {"recoveries": 0}
         stopped = stop_hostile(bad)  # the holder dies, or stops churning
-        if case in LIVE and stopped.get("changed"):
-            problems.append(f"{case}: a live holder's lock was taken: {stopped['changed']}")
-        if case == "live-owners-churned":
-            for o in words:  # the last word names a live process: only a human can clear it
-                w.set64(o, 0)
+        if case in HELD and stopped.get("changed"):
+            problems.append(f"{case}: a held lock was taken: {stopped['changed']}")
+        if case == "live-robust-holder":
+            # The kernel, not shmsem, says that the holder died.
+            if states() != [H.FUTEX_OWNER_DIED] * len(words):
+                problems.append(f"{case}: the kernel did not mark the dead holder's locks: "
+                                f"{[hex(x) for x in states()]}")
+        elif case == "live-id-unlinked":
+            # Dead, but the kernel was never told: the lock stays held.
+            probe.send("held")
+            again = probe.expect("probe", 60)
+            check_held(again["results"], f"after its death: {kind} {case}: {again}")
+            if again["recoveries"] or states() != [hostile_pid] * len(words):
+                problems.append(f"{case}: the lock of a dead process that never linked its node "
+                                f"was taken: {again}, words {[hex(x) for x in states()]}")
+        if case != "live-robust-holder":
+            for o in words:  # only a human can clear these (or what the churn left)
+                w.set32(o, 0)
         probe.send("released")
         after = probe.expect("probe", 60)
         for label, outcome, _, text in after["results"]:
             if outcome != "ok":
                 problems.append(f"{case}: after the holder went away, {label}: {outcome} {text}")
-        if case in ("live-foreign-ident", "live-foreign-bare-pid") and after["recoveries"] < 1:
-            problems.append(f"{case}: the dead holder's lock was not taken over: {after}")
+        want = len(words) if case == "live-robust-holder" else 0
+        if after["recoveries"] != want:
+            problems.append(f"{case}: {after['recoveries']} takeovers counted after the holder "
+                            f"went away, not {want}: {after}")
+        seen = held["recoveries"] + again["recoveries"] + after["recoveries"]
+        if recoveries() != before + seen:
+            problems.append(f"{case}: the segment counts {recoveries() - before} takeovers, "
+                            f"the victim saw {seen}")
         for o in words:
-            w.set64(o, 0)
-        reliability(kind=kind, case=case, inputs=len(held) + len(after["results"]),
-                    corruptions=stopped["writes"], recoveries=after["recoveries"], crashes=0)
+            w.set32(o, 0)
+        reliability(kind=kind, case=case, inputs=len(held["results"]) + len(after["results"]),
+                    corruptions=stopped["writes"],
+                    recoveries=seen, crashes=0)
     finish(probe)
     assert not problems, "\n".join(problems)
 

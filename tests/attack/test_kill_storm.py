@@ -40,9 +40,13 @@ The accounting is exact, not statistical:
   has the crc its writer logged, or belongs to the publish a killed writer
   was in (its slot names it).
 
-"No lock is left with a dead process": after each kill inside a lock, the
-lock's owner must change within a bound (a survivor takes it over), and at
-the end every lock is free.  No deadlock: the conductor checks that the
+"No lock is left with a dead process": after each kill inside a Channel or
+Mailbox lock, the kernel has marked the lock FUTEX_OWNER_DIED by the time the
+holder is reaped (docs/protocol.md section 2: its id is gone from the word),
+and a survivor takes it over within a bound.  Each takeover is counted once
+in the segment: at the end the Channel's recoveries are exactly the kills
+inside its producer and consumer locks, and the Mailbox's exactly the kills
+inside its writer lock; every lock word is 0.  No deadlock: the conductor checks that the
 Channel, the Lock counter and the Mailbox keep moving, and every worker
 stopped at the end exits by itself, with status 0.
 """
@@ -75,8 +79,11 @@ from helpers_faults import (
     waitpid_bounded,
 )
 
+from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK
+
 import shmsem
 from shmsem import Channel, Lock, Mailbox, SharedMemory
+from shmsem._core import CHANNEL_OFFSETS, LOCK_OFFSETS, MAILBOX_OFFSETS
 
 #: The storm ends after this many kills, or after STORM_SECONDS, whichever is first.
 KILLS = 400
@@ -98,6 +105,11 @@ N_SLOTS = 16
 BUFS = 4096                 # consumers' receive buffers
 BUF_SIZE = 256 * 1024
 CTL_SIZE = BUFS + 2 * BUF_SIZE
+
+# The lock words (docs/protocol.md section 2): in the Channel, then the Mailbox.
+PRODUCER_WORD = CHANNEL_OFFSETS["producer_lock"] + LOCK_OFFSETS["word"]
+CONSUMER_WORD = CHANNEL_OFFSETS["consumer_lock"] + LOCK_OFFSETS["word"]
+WRITER_WORD = MAILBOX_OFFSETS["writer_lock"] + LOCK_OFFSETS["word"]
 
 CREW = {"producer": 2, "consumer": 2, "locker": 2, "writer": 2, "reader": 2}
 KILLABLE = ("producer", "consumer", "locker", "writer")
@@ -278,22 +290,19 @@ def _conduct(cfg: dict[str, Any]) -> None:
     mb = Mailbox.from_id(cfg["mb"])
     lock = Lock.from_id(cfg["lock"])
     ctl = SharedMemory.from_id(cfg["ctl"])
-    # Raw views of the lock words (docs/protocol.md): Channel producer lock at
-    # 64, consumer lock at 128, Mailbox writer lock at 64; the holder's pid is
-    # the low 32 bits of the owner word.
+    # Raw views of the lock words: the holder's thread id (a worker's pid: its
+    # only thread) is the word's low 30 bits.
     raw_ch = SharedMemory.from_id(cfg["ch"])
     raw_mb = SharedMemory.from_id(cfg["mb"])
     sem = shmsem.Semaphore.from_id(cfg["lock"])
 
-    def owner_pid(raw: SharedMemory, at: int) -> int:
-        return int(struct.unpack("<Q", raw.read_at(at, 8))[0] & 0xFFFFFFFF)
-
-    holders = {
-        "producer": lambda: owner_pid(raw_ch, 64),
-        "consumer": lambda: owner_pid(raw_ch, 128),
-        "writer": lambda: owner_pid(raw_mb, 64),
-        "locker": lambda: sem.last_pid if sem.value == 0 else 0,
+    words = {
+        "producer": lambda: lock_word(raw_ch, PRODUCER_WORD),
+        "consumer": lambda: lock_word(raw_ch, CONSUMER_WORD),
+        "writer": lambda: lock_word(raw_mb, WRITER_WORD),
     }
+    holders = {role: (lambda word=word: word() & FUTEX_TID_MASK) for role, word in words.items()}
+    holders["locker"] = lambda: sem.last_pid if sem.value == 0 else 0
 
     slot_of: dict[tuple[str, int], int] = {}
     for role, n in CREW.items():
@@ -382,9 +391,18 @@ def _conduct(cfg: dict[str, Any]) -> None:
                 else:
                     back = False
             else:
+                # Reaped: the kernel has marked the word (FUTEX_OWNER_DIED, the
+                # id cleared), unless a survivor has already taken it over,
+                # which clears the mark.  Wait for that takeover.
+                word = words[role]()
+                rec["kernel_mark_seen"] = bool(word & FUTEX_OWNER_DIED)
+                if word & FUTEX_TID_MASK == pid:
+                    problems.append(f"the kernel did not mark the {role} lock of dead pid {pid}: "
+                                    f"word {word:#x}")
                 back = False
                 while time.monotonic() - t0 < WAIT:
-                    if holder() != pid:
+                    word = words[role]()
+                    if not word & FUTEX_OWNER_DIED and word & FUTEX_TID_MASK != pid:
                         back = True
                         break
                     time.sleep(0.001)
@@ -428,10 +446,15 @@ def _conduct(cfg: dict[str, Any]) -> None:
         "kills": kills, "meta": meta, "exits": exits, "problems": problems,
         "storm_seconds": storm_seconds,
         "final": {"counter": struct.unpack("<Q", ctl.read_at(COUNTER, 8))[0],
-                  "mb_seq": mb.seq, "put_count": s.put_count, "get_count": s.get_count},
+                  "mb_seq": mb.seq, "put_count": s.put_count, "get_count": s.get_count,
+                  "words": {role: word() for role, word in words.items()}},
     }
     Path(cfg["logdir"], "summary.json").write_text(json.dumps(summary))
     print("done", flush=True)
+
+
+def lock_word(raw: SharedMemory, at: int) -> int:
+    return int(struct.unpack("<I", raw.read_at(at, 4))[0])
 
 
 def decode_prefix(buf: bytes) -> tuple[int, int]:
@@ -490,12 +513,22 @@ def test_kill_storm(child, tmp_path, reliability) -> None:
     figures = analyse(tmp_path, summary, leftover, final_value)
     details = figures.pop("details")
     figures["stuck_locks"] = len([p for p in summary["problems"] if "stayed" in p])
+    figures["recoveries_channel"] = stats.recoveries
+    figures["recoveries_mailbox"] = mb_stats["recoveries"]
     reliability(**figures)
 
     assert summary["problems"] == [], summary["problems"]
     assert lock_free, "the Lock is held by nobody alive, yet cannot be acquired"
     assert (stats.producer_lock_pid, stats.consumer_lock_pid) == (0, 0)
     assert mb_stats["writer_lock_pid"] == 0
+    # Free, unmarked, and no waiter bit left behind.
+    assert summary["final"]["words"] == {"producer": 0, "consumer": 0, "writer": 0}, (
+        summary["final"]["words"])
+    # Every takeover counted once, in the segment, whoever took it over: one
+    # per kill inside the lock (nobody else died, nobody died twice).
+    assert (stats.recoveries, mb_stats["recoveries"]) == (
+        figures["kills_holding_lock_producer"] + figures["kills_holding_lock_consumer"],
+        figures["kills_holding_lock_writer"]), (stats, mb_stats, figures)
     assert leftover == [], "consumers stopped at an empty channel, yet messages remain"
 
     kills = summary["kills"]

@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import pytest
 from helpers_faults import WAIT, child_code, decode, emit, encode
+from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK
 
 import shmsem
 from shmsem import (
@@ -57,12 +58,19 @@ from shmsem import (
     SemaphoreSet,
     SharedMemory,
 )
+from shmsem._core import CHANNEL_OFFSETS, LOCK_OFFSETS, MAILBOX_OFFSETS
 
 PERIOD = 0.001      # the SIGALRM interval timer
 TIMEOUT = 0.25      # timed waits under the storm
 #: "Not wildly more" than the timeout: a bound for a loaded two-CPU machine.
 SLACK = 2.0
 LONG = 30.0         # timeouts of calls that must end by the handler's exception
+
+# The lock words of ch_locked (producer, consumer) and mb_locked (writer):
+# docs/protocol.md section 2.
+CH_LOCK_WORDS = [CHANNEL_OFFSETS[k] + LOCK_OFFSETS["word"] for k in ("producer_lock",
+                                                                     "consumer_lock")]
+MB_LOCK_WORD = MAILBOX_OFFSETS["writer_lock"] + LOCK_OFFSETS["word"]
 
 
 class Boom(Exception):
@@ -215,7 +223,7 @@ def storm_raising(ids: dict[str, int], rounds: int, seed: int) -> None:
 @pytest.fixture
 def never_ready() -> Any:
     """Objects that never become ready, by id; the test process (alive) holds
-    the Lock and, by writing its pid into the owner words, the Channel and
+    the Lock and, by writing its pid into the lock words, the Channel and
     Mailbox locks of ch_locked and mb_locked."""
     made: list[Any] = []
 
@@ -243,12 +251,13 @@ def never_ready() -> Any:
         ch_full.put_bytes(b"f" * ch_full.max_message_size)
         ch_locked.put_bytes(b"queued")
         mb.publish(b"current")
-        # Owner words (docs/protocol.md section 2): a bare pid is a valid
-        # identity, judged by pid alone; ours is alive.
-        me = struct.pack("<Q", os.getpid())
-        raw_ch.write_at(64, me)
-        raw_ch.write_at(128, me)
-        raw_mb.write_at(64, me)
+        # Lock words (docs/protocol.md section 2): our thread id, without
+        # FUTEX_OWNER_DIED: held, by a live thread (the kernel does not know:
+        # nothing is on our robust list, and nothing needs to be).
+        me = struct.pack("<I", os.getpid())
+        for at in CH_LOCK_WORDS:
+            raw_ch.write_at(at, me)
+        raw_mb.write_at(MB_LOCK_WORD, me)
         ids = {"sem": sem.id, "zero": zero.id, "set": sset.id, "lock": lock.id, "q": q.id,
                "q_empty": q_empty.id, "ch_full": ch_full.id, "ch_empty": ch_empty.id,
                "ch_locked": ch_locked.id, "mb": mb.id, "mb_locked": mb_locked.id}
@@ -256,9 +265,9 @@ def never_ready() -> Any:
                     "ch_locked": ch_locked, "mb": mb, "mb_locked": mb_locked,
                     "raw_ch": raw_ch, "raw_mb": raw_mb, "lock": lock}
     finally:
-        for raw in (raw_ch, raw_mb):
-            raw.write_at(64, bytes(8))
-        raw_ch.write_at(128, bytes(8))
+        for at in CH_LOCK_WORDS:
+            raw_ch.write_at(at, bytes(4))
+        raw_mb.write_at(MB_LOCK_WORD, bytes(4))
         raw_ch.detach()
         raw_mb.detach()
         lock.release()
@@ -308,8 +317,13 @@ def test_a_raising_handler_exception_comes_out_of_every_blocking_call(
     assert objs["ch_full"].qsize() == 1 and objs["ch_locked"].qsize() == 1
     assert objs["mb"].read() == (1, b"current") and objs["mb_locked"].seq == 0
     me = os.getpid()
-    for raw, at in ((objs["raw_ch"], 64), (objs["raw_ch"], 128), (objs["raw_mb"], 64)):
-        assert struct.unpack("<Q", raw.read_at(at, 8))[0] == me, "a live holder's lock was taken"
+    for raw, at in [(objs["raw_ch"], at) for at in CH_LOCK_WORDS] + [(objs["raw_mb"], MB_LOCK_WORD)]:
+        # Waiters may have set FUTEX_WAITERS; the id must be ours, unmarked.
+        word = struct.unpack("<I", raw.read_at(at, 4))[0]
+        assert word & (FUTEX_OWNER_DIED | FUTEX_TID_MASK) == me, (
+            f"a live holder's lock was taken: {word:#x}")
+    assert objs["ch_locked"].stats().recoveries == 0
+    assert objs["mb_locked"].stats()["recoveries"] == 0
     assert objs["lock"].locked()
 
 
@@ -366,8 +380,10 @@ def big_consumer(shmid: int, seed: int, logpath: str) -> None:
             trap.armed = False
         except Boom:
             # Raised after the message was taken?  Then it is in buf.
+            if buf[:4] == b"STOP":
+                break  # the last message was taken: waiting for another would never end
             size = struct.unpack_from("<I", buf, 8)[0] + 16
-            if buf[:4] != b"STOP" and size <= len(buf):
+            if size <= len(buf):
                 try:
                     _who, seq = decode(view[:size])
                 except ValueError:
@@ -416,6 +432,7 @@ def test_multi_mib_messages_between_processes_under_storms(child, tmp_path, reli
     assert set(got) <= set(range(count))
     assert p["raised"] > 0 and r["raised"] > 0, "the handler's exceptions never came out"
     assert (stats.producer_lock_pid, stats.consumer_lock_pid, stats.messages) == (0, 0, 0)
+    assert stats.recoveries == 0, "nobody died, yet a lock was taken over"
 
 
 def big_frames(shmid: int, rounds: int, seed: int) -> None:
@@ -561,6 +578,8 @@ def ki_consumer(ch_id: int, mb_id: int, seed: int, logpath: str) -> None:
             if how < 0.5:
                 # recv_into copies before it commits: a message taken by an
                 # interrupted call is in buf.
+                if buf[:4] == b"STOP":
+                    break
                 seq = seq_in_buffer(buf)
                 if seq is not None and (not got or seq > got[-1]):
                     got.append(seq)
@@ -662,6 +681,9 @@ def test_keyboard_interrupt_storm_leaves_channel_and_mailbox_consistent(
     assert (s.producer_lock_pid, s.consumer_lock_pid, s.messages) == (0, 0, 0)
     assert s.put_count == s.get_count
     assert mb_stats["writer_lock_pid"] == 0
+    # Nobody died: an interrupted call must leave the lock free, not for a
+    # takeover.
+    assert s.recoveries == 0 and mb_stats["recoveries"] == 0
     if seq:
         decode(value)
 

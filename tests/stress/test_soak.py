@@ -47,6 +47,9 @@ What it checks, and why the bounds are what they are:
   is tests/test_core_leaks.py).
 * Clean shutdown: every worker exits 0 after its stop message, and the
   segment is gone afterwards.
+* No takeover: nobody dies, so the segment's count of locks taken over from
+  a dead holder (``recoveries``, shared by all processes since protocol
+  version 2) stays 0, and both lock words end free.
 
 Each check can fail: SHMSEM_SOAK_INJECT=drop, dup, leak, sleep or spin
 (helpers_soak.py) plants a lost message, a duplicate, a leak of 200 bytes a
@@ -249,7 +252,7 @@ def test_soak_channel_4x4(
         rss_start_end={name: [r[1], r[-1]] for name, r in rss.items()},
         rss_first_sample={name: r[0] for name, r in rss.items()},
         lost=tally["lost"], duplicates=tally["duplicates"], phantom=tally["phantom"],
-        order_violations=order, corrupt=corrupt,
+        order_violations=order, corrupt=corrupt, recoveries=final.recoveries,
         producer_ops=[results[f"p{i}"]["ops"] for i in range(PRODUCERS)],
         consumer_ops=[c["ops"] for c in consumers],
     )
@@ -269,6 +272,8 @@ def test_soak_channel_4x4(
     assert tally["lost"] == 0 and tally["duplicates"] == 0 and tally["phantom"] == 0, tally
     assert tally["taken"] == sum(sent) == sum(c["received"] for c in consumers), (tally, sent)
     assert final.messages == 0 and final.put_count == final.get_count, final
+    assert final.recoveries == 0, f"nobody died, yet {final.recoveries} locks were taken over"
+    assert (final.producer_lock_pid, final.consumer_lock_pid) == (0, 0), final
     # Each stop message is taken once, plus again for each one given back.
     stops = CONSUMERS + sum(c["stops"] - 1 for c in consumers)
     assert final.get_count == sum(sent) + stops, (final, sum(sent), stops)
