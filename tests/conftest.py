@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 from ipc_helpers import remove_object
-from proc_helpers import drop_to_user_prelude
+from proc_helpers import cannot_run_as, drop_to_user_prelude
 
 import shmsem
 
@@ -246,12 +246,16 @@ NOBODY = 65534
 @pytest.fixture
 def as_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch a child to another uid")
+        pytest.skip(f"needs root; running as uid {os.geteuid()}")
 
 
 @pytest.fixture
-def nobody(child: Callable[..., Child], as_root: None) -> Callable[[str], Child]:
-    """Factory: ``nobody(code)`` runs code in a child as uid/gid 65534."""
+def nobody(child: Callable[..., Child]) -> Callable[[str], Child]:
+    """Factory: ``nobody(code)`` runs code in a child as uid/gid 65534.
+    Skips unless this run can (root; see proc_helpers.cannot_run_as)."""
+    reason = cannot_run_as(NOBODY)
+    if reason:
+        pytest.skip(reason)
 
     def start(code: str) -> Child:
         return child(code, user=NOBODY)
