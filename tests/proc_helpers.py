@@ -142,6 +142,27 @@ def cannot_run_as(uid: int) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def cannot_unshare_ipc() -> str | None:
+    """Why this run cannot start a child in an IPC namespace of its own, with
+    limits it may lower (None when it can): that takes root and unshare(1).
+    Tests skip with this reason."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "needs unshare(1) (util-linux), for an IPC namespace of its own"
+    if os.geteuid() != 0:
+        return (f"needs root, for an IPC namespace of its own whose limits it may lower "
+                f"(unshare --ipc); running as uid {os.geteuid()}")
+    r = subprocess.run([unshare, "--ipc", "true"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    if r.returncode != 0:
+        return f"unshare --ipc is not allowed here: {r.stderr.strip()}"
+    return None
+
+
 def sigint_rounds(c: Any, rounds: int, seed: int = 475) -> None:
     """Drive a child (conftest's Child) that, ``rounds`` times, answers "go"
     with "ready", blocks in a call with a 3 s timeout and prints
