@@ -1,7 +1,9 @@
 """Shared fixtures.
 
 * ``ipc_leak_check`` (autouse) compares /proc/sysvipc before and after every
-  test, removes whatever the test left behind, and fails the test for it.
+  test, removes what the test (this process or its children) left behind,
+  and fails the test for it.  It never touches another program's objects;
+  see ``ours``.
 * ``unique_key`` hands out keys unique to this run (never a bare random key).
 * ``child`` runs Python code in a real child process, always bounded in time.
 """
@@ -19,9 +21,10 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 from ipc_helpers import remove_object
-from proc_helpers import drop_to_user_prelude
+from proc_helpers import cannot_run_as, drop_to_user_prelude
 
 import shmsem
+from shmsem import _core
 
 PROC = Path("/proc/sysvipc")
 
@@ -87,15 +90,116 @@ def ipc_objects() -> set[tuple[str, int, int]]:
     return found
 
 
+# Which new objects are ours.  In a private IPC namespace (root: see above)
+# every object is: only this run's processes live there.  In the machine's
+# namespace, other programs of the same user may create objects while a test
+# runs, and removing those would be sabotage; so an object counts as ours
+# only when the kernel names one of our processes as its creator or user:
+#
+# * shm: the creator pid (cpid in /proc/sysvipc/shm);
+# * sem: the pid of the last operation on any member (semctl GETPID), since
+#   the kernel keeps no creator pid for sets; shmsem's own creation always
+#   operates on the set (the "ready" mark), and so does setting values;
+# * msg: the last sender's or receiver's pid (lspid, lrpid), likewise.
+#
+# "Our processes" are this process, every child it started during the test
+# (os.fork and subprocess.Popen record their pids: a child that made an
+# object and exited still counts, and pids recorded during one test cannot
+# have been reused by then), and any live process whose chain of parents
+# leads here (grandchildren).  A set or queue that nobody ever operated on,
+# or one made by a grandchild that has exited, carries no such mark: it is
+# left alone here and caught only by the root run, in its own namespace.
+# The creator's uid must be ours in any case.
+
+_started: set[int] = set()
+
+
+def _record_fork() -> None:
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            _started.add(pid)
+        return pid
+
+    os.fork = fork
+
+    class Popen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            _started.add(self.pid)
+
+    subprocess.Popen = Popen  # type: ignore[misc]
+
+
+_record_fork()
+
+
+def _descends_from_us(pid: int) -> bool:
+    me = os.getpid()
+    for _ in range(64):
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+    return False
+
+
+def _pids_of(kind: str, ident: int, row: list[str], header: list[str]) -> set[int]:
+    """The pids the kernel records for this object (see above)."""
+    field = dict(zip(header, row))
+    if kind == "shm":
+        return {int(field["cpid"])}
+    if kind == "msg":
+        return {int(field["lspid"]), int(field["lrpid"])} - {0}
+    pids = set()
+    for i in range(int(field["nsems"])):
+        try:
+            pids.add(_core.semctl(ident, i, _core.GETPID))
+        except (shmsem.ShmsemError, OSError):
+            return set()
+    return pids - {0}
+
+
+def ours(new: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+    """The objects of ``new`` that this test's processes made (see above)."""
+    return new if PRIVATE_IPC else marked_as_ours(new)
+
+
+def marked_as_ours(new: set[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+    """The objects of ``new`` whose creator uid is ours and whose recorded
+    pids (see above) include one of this test's processes."""
+    mine: set[tuple[str, int, int]] = set()
+    for kind in ("shm", "sem", "msg"):
+        lines = (PROC / kind).read_text().splitlines()
+        header = lines[0].split()
+        for line in lines[1:]:
+            row = line.split()
+            obj = (kind, int(row[0]), int(row[1]))
+            if obj not in new or int(dict(zip(header, row))["cuid"]) != os.geteuid():
+                continue
+            pids = _pids_of(kind, obj[2], row, header)
+            if pids & (_started | {os.getpid()}) or any(_descends_from_us(p) for p in pids):
+                mine.add(obj)
+    return mine
+
+
 @pytest.fixture(autouse=True)
 def ipc_leak_check() -> Iterator[None]:
     before = ipc_objects()
+    _started.clear()
     yield
     # A segment marked for removal but still attached by a dying child shows
     # with key 0 for a moment; give children a little time to finish exiting.
     deadline = time.monotonic() + 2.0
     while True:
-        leaked = ipc_objects() - before
+        leaked = ours(ipc_objects() - before)
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.02)
@@ -246,12 +350,16 @@ NOBODY = 65534
 @pytest.fixture
 def as_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch a child to another uid")
+        pytest.skip(f"needs root; running as uid {os.geteuid()}")
 
 
 @pytest.fixture
-def nobody(child: Callable[..., Child], as_root: None) -> Callable[[str], Child]:
-    """Factory: ``nobody(code)`` runs code in a child as uid/gid 65534."""
+def nobody(child: Callable[..., Child]) -> Callable[[str], Child]:
+    """Factory: ``nobody(code)`` runs code in a child as uid/gid 65534.
+    Skips unless this run can (root; see proc_helpers.cannot_run_as)."""
+    reason = cannot_run_as(NOBODY)
+    if reason:
+        pytest.skip(reason)
 
     def start(code: str) -> Child:
         return child(code, user=NOBODY)

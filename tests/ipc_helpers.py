@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import shmsem
@@ -29,3 +30,13 @@ def remove_key(key: int) -> None:
             f = line.split()
             if int(f[0]) == signed:
                 remove_object(kind, int(f[1]))
+
+
+NOBODY = 65534
+
+
+def another_uid() -> int:
+    """A uid other than ours, to give objects away to (IPC_SET lets an owner
+    or creator do that without privileges): nobody (65534), or 65533 when the
+    suite itself runs as nobody."""
+    return NOBODY if os.geteuid() != NOBODY else NOBODY - 1

@@ -312,6 +312,74 @@ def test_permission_denied_names_the_owner(nobody: Any) -> None:
         assert shm.id in ids("shm")
 
 
+# An installation the user may not read: the lazily imported command module
+# cannot be found (a directory Python may not list) or opened (a file).  The
+# command says what could not be read; it is no "internal error".
+
+UNREADABLE_CHILD = r"""
+import importlib, os, sys
+sys.path.insert(0, {site!r})
+import shmsem, shmsem.cli, shmsem._cli_util, shmsem._target
+assert shmsem.__file__.startswith({site!r}), shmsem.__file__
+# What main() needs up to the command's own module (the stdlib may be
+# unreadable too, once root becomes another user).
+import shutil
+shmsem.cli.build_parser().parse_known_args(["read", "0x5e000001"])
+if os.geteuid() == 0:  # root reads everything: become a user who cannot
+    os.setgroups([])
+    os.setresgid({nobody}, {nobody}, {nobody})
+    os.setresuid({nobody}, {nobody}, {nobody})
+else:  # our own files: take the right away from ourselves
+    os.chmod({target!r}, {mode})
+sys.argv[0] = "shmsem"
+sys.exit(shmsem.cli.main(["read", "0x5e000001"]))
+"""
+
+
+@pytest.mark.parametrize("what", ["directory", "file"])
+def test_unreadable_installation_is_named_not_an_internal_error(what: str) -> None:
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix="shmsem-private-"))  # 0700, ours
+    site = private / "site"
+    pkg = site / "shmsem"
+    try:
+        shutil.copytree(Path(shmsem.__file__).parent, pkg,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        if what == "directory":
+            target, mode, unreadable = private, 0o000, private
+        else:
+            target, mode, unreadable = pkg / "_cli_commands.py", 0o000, pkg / "_cli_commands.py"
+            private.chmod(0o755)
+            if os.geteuid() == 0:
+                target.chmod(0o600)  # root's, closed to the uid the child becomes
+        code = UNREADABLE_CHILD.format(site=str(site), target=str(target), mode=mode, nobody=NOBODY)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=TIMEOUT, cwd="/")
+        err = r.stderr
+        assert r.returncode == 1, err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "internal error" not in err and "please report" not in err, err
+        uid = NOBODY if os.geteuid() == 0 else os.geteuid()
+        assert f"uid {uid} may not read {unreadable} (permission denied)" in err, err
+        assert "shmsem read: cannot import shmsem._cli_commands: " in err, err
+        if what == "directory":
+            assert f"which holds {pkg}" in err, err
+    finally:
+        private.chmod(0o700)
+        if (pkg / "_cli_commands.py").exists():
+            (pkg / "_cli_commands.py").chmod(0o600)
+        shutil.rmtree(private)
+
+
+def test_a_missing_module_is_still_an_internal_error() -> None:
+    import shmsem.cli
+
+    # Nothing unreadable: a module that is not there is a broken installation.
+    with pytest.raises(ModuleNotFoundError):
+        shmsem.cli._import("_no_such_module")
+
+
 # ---------------------------------------------------------------------------
 # ls
 

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 import pytest
 import sysv_ipc
+from ipc_helpers import another_uid
 
 import shmsem
 import shmsem.sem
@@ -45,7 +46,6 @@ from shmsem import (
 from shmsem.keys import normalize_key
 
 TIMEOUT = 10.0  # seconds; a bound on every wait, never an expectation of speed
-NOBODY = 65534
 
 
 @contextlib.contextmanager
@@ -494,7 +494,7 @@ def test_objects_owned_by_another_user_are_refused(unique_key) -> None:
     with reaped(key):
         objs = make_squatters(key, 0o600)
         for o in objs:
-            o.uid = NOBODY  # IPC_SET: another user now owns them
+            o.uid = another_uid()  # IPC_SET: another user now owns them
         try:
             for name, opener in OPENERS:
                 with pytest.raises(ForeignObjectError):

@@ -273,7 +273,7 @@ def test_stat_fields(unique_key) -> None:
         assert st.removed is False
         with pytest.raises(dataclasses.FrozenInstanceError):
             st.size = 1  # type: ignore[misc]
-        b = SharedMemory.open(key)
+        b = SharedMemory.open(key, mode=0o640)  # as broad as it is: no squatting refusal
         assert a.stat().nattch == 2
         b.detach()
         st2 = a.stat()

@@ -27,6 +27,30 @@ def check_mode_arg(mode: int) -> int:
     return mode
 
 
+#: What the owner must be granted for shmsem to use an object it creates.
+#: A segment is attached for reading and writing; a semaphore set is read
+#: (IPC_STAT) and altered (its values set, the "ready" mark); a message queue
+#: is read to open it by key and to receive, while sending may be left to
+#: others (a receive-only owner, 0o420, is a sound design).
+OWNER_NEEDS = {"segment": 0o600, "semaphore set": 0o600, "message queue": 0o400}
+
+
+def check_create_mode(what: str, mode: int) -> int:
+    """check_mode_arg for a call that may create ``what`` (a key of
+    OWNER_NEEDS): also a ValueError, before anything is created, for a mode
+    that denies the owner what shmsem needs to use the object."""
+    check_mode_arg(mode)
+    need = OWNER_NEEDS[what]
+    if mode & need != need:
+        missing = need & ~mode
+        denied = " and ".join(n for bit, n in ((0o400, "read"), (0o200, "write")) if missing & bit)
+        raise ValueError(
+            f"mode {mode:#o} denies the owner {denied} ({missing:#o}): a {what} made with it "
+            f"could not be used by its creator; give the owner at least {need:#o}"
+        )
+    return mode
+
+
 def check_trusted(
     what: str, key: int, id: int, uid: int, cuid: int, mode: int, wanted_mode: int, trust: bool
 ) -> None:

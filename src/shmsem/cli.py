@@ -52,20 +52,80 @@ def _commands() -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run
-
+    run: Callable[[Any], int] = _import("_demo").run
     return run(sys.stdout)
 
 
 def _lazy(name: str, module: str = "_cli_commands") -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        mod = importlib.import_module(f"{__package__}.{module}")
-        func: Callable[[argparse.Namespace], int] = getattr(mod, name)
+        func: Callable[[argparse.Namespace], int] = getattr(_import(module), name)
         return func(args)
 
     return run
+
+
+def _import(module: str) -> Any:
+    """Import shmsem.<module>; an installation this user may not read is a
+    CliError that says what could not be read."""
+    import importlib
+
+    name = f"{__package__}.{module}"
+    try:
+        return importlib.import_module(name)
+    except (ImportError, PermissionError) as e:
+        why = _unreadable(e, name)
+        if why is None:
+            raise
+        raise CliError(why) from e
+
+
+def _unreadable(e: BaseException, importing: Optional[str] = None) -> Optional[str]:
+    """When a failed import comes from files this user may not read, say
+    which; None when it does not.  A directory Python may not list makes a
+    plain ModuleNotFoundError, so the directories are checked here."""
+    who = f"uid {os.geteuid()}"
+    fix = ("install shmsem (and Python) where this user can read them, "
+           "or run shmsem as a user who can")
+    if isinstance(e, PermissionError) and e.filename:
+        return (f"cannot import {importing}: {who} may not read {e.filename} "
+                f"(permission denied); {fix}")
+    name = getattr(e, "name", None)
+    if not isinstance(e, ImportError) or not name:
+        return None
+    parent = name.rpartition(".")[0]
+    dirs = getattr(sys.modules.get(parent), "__path__", None) if parent else sys.path
+    for where in dirs or ():
+        blocked = _blocked_dir(str(where))
+        if blocked is not None:
+            holds = "" if blocked == where else f", which holds {where}"
+            return (f"cannot import {name}: {who} may not read {blocked} "
+                    f"(permission denied){holds}; {fix}")
+    return None
+
+
+def _blocked_dir(path: str) -> Optional[str]:
+    """The first directory on the way to ``path`` (or ``path`` itself) that
+    this process may not enter or list; None if there is none, or if the
+    path is missing."""
+    current = "/"
+    for part in os.path.abspath(path).split(os.sep):
+        if not part:
+            continue
+        step = os.path.join(current, part)
+        try:
+            os.stat(step)
+        except PermissionError:
+            return current
+        except OSError:
+            return None
+        current = step
+    try:
+        os.listdir(current)
+    except PermissionError:
+        return current
+    except OSError:
+        return None
+    return None
 
 
 # -- the parser --------------------------------------------------------------
@@ -277,9 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse_targets(args: argparse.Namespace) -> None:
     """Turn KEY|ID strings into Targets; a bad one is a usage error (exit 2)."""
-    from ._target import parse_id, parse_target
-
-    parse = parse_id if getattr(args, "by_id", False) else parse_target
+    target = _import("_target")
+    parse = target.parse_id if getattr(args, "by_id", False) else target.parse_target
     parser: argparse.ArgumentParser = args._parser
     try:
         if hasattr(args, "target"):
@@ -325,6 +384,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ShmsemError, OSError, ValueError) as e:
         return _fail(command, str(e) or type(e).__name__)
     except Exception as e:  # noqa: BLE001 - the promise is: never a traceback
+        # An import deeper down may fail because this user cannot read it:
+        # not a bug to report.
+        why = _unreadable(e) if isinstance(e, ImportError) else None
+        if why is not None:
+            return _fail(command, why)
         if os.environ.get("SHMSEM_DEBUG"):
             raise
         return _fail(command, f"internal error ({type(e).__name__}: {e}); please report it, "

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Optional, Union
 
 from . import _core
-from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg, check_trusted
+from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_create_mode, check_mode_arg, check_trusted
 from .errors import (
     ExistsError,
     NotFoundError,
@@ -92,7 +92,7 @@ class MessageQueue:
 
     def __init__(self, key: Key, *, mode: int = 0o600, trust: bool = False) -> None:
         nkey = normalize_key(key)
-        check_mode_arg(mode)
+        check_create_mode("message queue", mode)
         if nkey == IPC_PRIVATE:
             self._setup(nkey, _core.msgget(nkey, _core.IPC_CREAT | mode), True)
             return
@@ -121,7 +121,7 @@ class MessageQueue:
     def create(cls, key: Key, *, mode: int = 0o600) -> "MessageQueue":
         """Create a new queue (ExistsError if the key is taken)."""
         nkey = normalize_key(key)
-        check_mode_arg(mode)
+        check_create_mode("message queue", mode)
         flags = _core.IPC_CREAT | mode | (0 if nkey == IPC_PRIVATE else _core.IPC_EXCL)
         self = cls.__new__(cls)
         self._setup(nkey, _core.msgget(nkey, flags), True)

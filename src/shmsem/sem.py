@@ -17,7 +17,7 @@ import time
 from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg, check_trusted
+from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_create_mode, check_mode_arg, check_trusted
 from .errors import ExistsError, NotFoundError, RemovedError, format_key, from_errno
 from .keys import IPC_PRIVATE, Key, normalize_key
 
@@ -90,7 +90,8 @@ def _initial_values(count: int, values: Optional[Sequence[int]]) -> Optional[lis
 def _create(key: int, count: int, values: Optional[list[int]], mode: int,
             exclusive: bool) -> int:
     """Create a set, set its values (None: all zero) and mark it ready.
-    Raises ExistsError."""
+    Raises ExistsError, and ValueError for a mode the owner could not use."""
+    check_create_mode("semaphore set", mode)
     flags = _core.IPC_CREAT | mode | (_core.IPC_EXCL if exclusive else 0)
     semid: int = _core.semget(key, count, flags)
     try:

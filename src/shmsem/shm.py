@@ -8,7 +8,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
-from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_mode_arg, check_trusted
+from ._policy import CREATE_OR_OPEN_ATTEMPTS, check_create_mode, check_mode_arg, check_trusted
 from .errors import (
     ClosedError,
     ExistsError,
@@ -100,7 +100,7 @@ class SharedMemory:
         segment smaller than ``size`` (ExistsError)."""
         nkey = normalize_key(key)
         _check_size(size)
-        check_mode_arg(mode)
+        check_create_mode("segment", mode)
         if nkey == IPC_PRIVATE:
             self._setup(nkey, _core.shmget(nkey, size, _core.IPC_CREAT | mode), False, True)
             return
@@ -135,7 +135,7 @@ class SharedMemory:
         """Create a new segment; raises ExistsError if the key is taken."""
         nkey = normalize_key(key)
         _check_size(size)
-        check_mode_arg(mode)
+        check_create_mode("segment", mode)
         flags = _core.IPC_CREAT | mode | (0 if nkey == IPC_PRIVATE else _core.IPC_EXCL)
         self = cls.__new__(cls)
         self._setup(nkey, _core.shmget(nkey, size, flags), False, True)

@@ -388,10 +388,10 @@ def check_exit(p: Proc, timeout: float) -> None:
 
 def run_as(code: str, uid: int, gid: int, groups: list[int], timeout: float = 60.0) -> tuple[int, str, str]:
     """Run ``code`` as uid/gid with these supplementary groups (the caller must
-    be root).  As in conftest's child(user=...), the saved uid stays 0 so that
-    lazy imports can read an interpreter under /root; every IPC call runs with
-    the real, effective and filesystem ids of that user.  Returns (rc, stdout,
-    stderr)."""
+    be root).  As in conftest's child(user=...), the child keeps only the
+    right to read files, so that it can import from an interpreter or a
+    checkout that user cannot read (see proc_helpers); every IPC call runs as
+    that user.  Returns (rc, stdout, stderr)."""
     import textwrap
 
     argv = [sys.executable, "-c",

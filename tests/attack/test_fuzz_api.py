@@ -269,6 +269,11 @@ def key_meaning(key: Any) -> Any:
     return key - 2**32 if key >= 2**31 else key
 
 
+#: What a mode must grant the owner for each kind to create (see _policy).
+OWNER_NEEDS = {"SharedMemory": 0o600, "SemaphoreSet": 0o600, "Semaphore": 0o600, "Lock": 0o600,
+               "Channel": 0o600, "Mailbox": 0o600, "MessageQueue": 0o400}
+
+
 def mode_meaning(mode: Any) -> Any:
     if not is_int(mode):
         return TypeError
@@ -398,9 +403,12 @@ def fuzz_create(t: Tally, n: int) -> None:
         errors: list[type] = []
         if isinstance(km, type):
             errors.append(km)
-        if isinstance(mm, type) and kind not in ("PosixIpcHelper",
-                                                 "PosixIpcHelper.create_semaphore"):
+        if kind in ("PosixIpcHelper", "PosixIpcHelper.create_semaphore"):
+            pass  # no mode argument
+        elif isinstance(mm, type):
             errors.append(mm)
+        elif mm & OWNER_NEEDS[base] != OWNER_NEEDS[base]:
+            errors.append(ValueError)  # a mode its owner could not use
         extra: tuple[type, ...] = (shmsem.LimitError,)
         want_size: Any = None
         if base in ("SharedMemory", "PosixIpcHelper") and kind != "PosixIpcHelper.create_semaphore":

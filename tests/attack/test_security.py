@@ -16,13 +16,13 @@ as shmsem reports them.
   non-member gets nothing.
 
 Children run as other users through helpers_hostile.run_as (root drops to
-the uid/gid and supplementary groups for everything but imports).
+the uid/gid and supplementary groups, keeping only the right to read files;
+see proc_helpers).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +32,7 @@ from typing import Any
 import helpers_hostile as H
 import pytest
 from ipc_helpers import remove_key, remove_object
+from proc_helpers import cannot_run_as
 
 import shmsem
 from shmsem import _core
@@ -42,8 +43,9 @@ GROUP = 4242
 
 @pytest.fixture(autouse=True)
 def root_only() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run children as other users")
+    reason = cannot_run_as(NOBODY)
+    if reason:
+        pytest.skip(reason)
 
 
 @pytest.fixture
