@@ -50,7 +50,7 @@ SHOW_EXTRA = {"attached_pids", "frame", "semaphores", "max_bytes", "detail_error
 SHMSEM_FIELDS = {
     "kind", "version", "capacity", "used", "fill", "messages", "last_seq", "put_count",
     "get_count", "consumers_waiting", "producers_waiting", "producer_lock_pid",
-    "consumer_lock_pid", "cell_stride", "current_cell", "readers_waiting", "writer_lock_pid",
+    "consumer_lock_pid", "cell_stride", "current_cell", "readers_waiting", "writer_lock_pid", "recoveries",
     "creator_pid", "problem",
 }
 
@@ -465,7 +465,7 @@ def test_show_channel_counters(unique_key: Any) -> None:
         ch.get_bytes()
         text = ok("show", hex(key))
         assert f"key {format_key(key)}  id {ch.id}" in text
-        assert "Channel (protocol version 1)" in text
+        assert "Channel (protocol version 2)" in text
         assert "capacity      4096 bytes" in text
         assert "used          96 bytes (2.3%)" in text
         assert "messages      3 queued (5 put, 2 taken)" in text
