@@ -783,16 +783,21 @@ int sched_yield(void)
 """
 
 
-@pytest.fixture(scope="session")
-def spin_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("shim")
-    src, so = d / "spin_shim.c", d / "spin_shim.so"
-    src.write_text(SPIN_SHIM)
+def compile_shim(tmp_path_factory: pytest.TempPathFactory, name: str, source: str) -> Path:
+    """Build an LD_PRELOAD shim from C source; its path."""
+    d = tmp_path_factory.mktemp(name)
+    src, so = d / f"{name}.c", d / f"{name}.so"
+    src.write_text(source)
     proc = subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Werror",
                            "-o", str(so), str(src), "-ldl"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     return so
+
+
+@pytest.fixture(scope="session")
+def spin_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_shim(tmp_path_factory, "spin_shim", SPIN_SHIM)
 
 
 def test_a_signal_that_lands_while_a_call_spins_is_not_lost(make, child, spin_shim) -> None:
@@ -888,14 +893,7 @@ long syscall(long number, ...)
 
 @pytest.fixture(scope="session")
 def no_slice_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("noslice")
-    src, so = d / "no_slice_shim.c", d / "no_slice_shim.so"
-    src.write_text(NO_SLICE_SHIM)
-    proc = subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Werror",
-                           "-o", str(so), str(src), "-ldl"], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return so
+    return compile_shim(tmp_path_factory, "no_slice_shim", NO_SLICE_SHIM)
 
 
 def shim_env(shim: Path) -> dict[str, str]:
@@ -905,12 +903,7 @@ def shim_env(shim: Path) -> dict[str, str]:
 
 def asleep_in_futex(pid: int) -> bool:
     """Whether pid's main thread sleeps in the kernel on a futex."""
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        state = proc_state(pid)
-    except OSError:
-        return False
-    return state == "S" and "futex" in wchan
+    return _thread_asleep_in_futex(pid, pid)
 
 
 def test_the_no_slice_shim_really_removes_the_safety_net(make, child, no_slice_shim) -> None:
@@ -1071,6 +1064,7 @@ def test_close_wakes_a_thread_blocked_forever(make, child, no_slice_shim, what) 
 
 
 def _thread_asleep_in_futex(pid: int, tid: int) -> bool:
+    """Whether thread tid of pid sleeps in the kernel on a futex."""
     try:
         wchan = Path(f"/proc/{pid}/task/{tid}/wchan").read_text()
         stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
