@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS, IMPORT_LINE, proc_state
+from proc_helpers import FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS, IMPORT_LINE
 
 import shmsem
 from shmsem import Channel, Mailbox, SharedMemory
