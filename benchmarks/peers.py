@@ -4,13 +4,13 @@
     python benchmarks/peers.py [--quick] [--json FILE] [--plot FILE.png] [--markdown]
 
 The same run as `shmsem bench`; the code lives in the package
-(shmsem._bench.peers) because that command is installed.  --markdown prints
+(shmsem.cli.bench.peers) because that command is installed.  --markdown prints
 the results part of docs/benchmarks.md, "Channels".
 """
 
 import sys
 
-from shmsem._bench.peers import main
+from shmsem.cli.bench.peers import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="peers.py"))

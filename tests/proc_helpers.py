@@ -113,7 +113,7 @@ def drop_to_user_prelude(uid: int, gid: int | None = None, groups: Sequence[int]
 #: import whatever else shmsem needs.
 _PROBE = """\
 import importlib, os
-importlib.import_module("shmsem._cli_commands")
+importlib.import_module("shmsem.cli.commands")
 import json, decimal
 print(os.geteuid(), flush=True)
 """

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import pytest
 
-from shmsem._bench.common import Progress
+from shmsem.cli.bench.common import Progress
 
 QUICK_TIMEOUT = 120  # --quick takes well under a minute; this bounds a hung run
 

@@ -29,9 +29,9 @@ import pytest
 from ipc_helpers import remove_object
 
 import shmsem
-from shmsem._sysv_table import IpcObject
-from shmsem._target import Target, find, find_one, parse_id, parse_target
-from shmsem._cli_util import CliError
+from shmsem.cli.sysv_table import IpcObject
+from shmsem.cli.target import Target, find, find_one, parse_id, parse_target
+from shmsem.cli.util import CliError
 from shmsem.errors import format_key
 
 NOBODY = 65534
@@ -319,7 +319,7 @@ def test_permission_denied_names_the_owner(nobody: Any) -> None:
 UNREADABLE_CHILD = r"""
 import importlib, os, sys
 sys.path.insert(0, {site!r})
-import shmsem, shmsem.cli, shmsem._cli_util, shmsem._target
+import shmsem, shmsem.cli, shmsem.cli.util, shmsem.cli.target
 assert shmsem.__file__.startswith({site!r}), shmsem.__file__
 # What main() needs up to the command's own module (the stdlib may be
 # unreadable too, once root becomes another user).
@@ -349,7 +349,7 @@ def test_unreadable_installation_is_named_not_an_internal_error(what: str) -> No
         if what == "directory":
             target, mode, unreadable = private, 0o000, private
         else:
-            target, mode, unreadable = pkg / "_cli_commands.py", 0o000, pkg / "_cli_commands.py"
+            target, mode, unreadable = pkg / "cli" / "commands.py", 0o000, pkg / "cli" / "commands.py"
             private.chmod(0o755)
             if os.geteuid() == 0:
                 target.chmod(0o600)  # root's, closed to the uid the child becomes
@@ -362,13 +362,13 @@ def test_unreadable_installation_is_named_not_an_internal_error(what: str) -> No
         assert "internal error" not in err and "please report" not in err, err
         uid = NOBODY if os.geteuid() == 0 else os.geteuid()
         assert f"uid {uid} may not read {unreadable} (permission denied)" in err, err
-        assert "shmsem read: cannot import shmsem._cli_commands: " in err, err
+        assert "shmsem read: cannot import shmsem.cli.commands: " in err, err
         if what == "directory":
-            assert f"which holds {pkg}" in err, err
+            assert f"which holds {pkg / 'cli'}" in err, err
     finally:
         private.chmod(0o700)
-        if (pkg / "_cli_commands.py").exists():
-            (pkg / "_cli_commands.py").chmod(0o600)
+        if (pkg / "cli" / "commands.py").exists():
+            (pkg / "cli" / "commands.py").chmod(0o600)
         shutil.rmtree(private)
 
 

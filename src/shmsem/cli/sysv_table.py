@@ -19,7 +19,7 @@ import pwd
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .keys import IPC_PRIVATE, normalize_key
+from ..keys import IPC_PRIVATE, normalize_key
 
 __all__ = [
     "KINDS",
@@ -121,7 +121,7 @@ class IpcObject:
 
     def describe(self) -> str:
         """'shm key=0x5e001001 id=32769', for messages."""
-        from .errors import format_key
+        from ..errors import format_key
 
         return f"{self.type} key={format_key(self.key)} id={self.id}"
 

@@ -16,10 +16,10 @@ import pickle
 import time
 from typing import Callable, TextIO
 
-from .channel import Channel
-from .mailbox import Mailbox
-from .sem import Semaphore
-from .shm import SharedMemory
+from ..channel import Channel
+from ..mailbox import Mailbox
+from ..sem import Semaphore
+from ..shm import SharedMemory
 
 ROUNDS = 2000
 STREAM = 200_000

@@ -19,10 +19,10 @@ import dataclasses
 import re
 from typing import Optional, Sequence
 
-from ._cli_util import CliError
-from ._sysv_table import KIND_NAMES, IpcObject
-from .errors import format_key
-from .keys import IPC_PRIVATE, normalize_key
+from .util import CliError
+from .sysv_table import KIND_NAMES, IpcObject
+from ..errors import format_key
+from ..keys import IPC_PRIVATE, normalize_key
 
 __all__ = ["Target", "parse_target", "parse_id", "find", "find_one"]
 

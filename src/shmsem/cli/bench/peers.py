@@ -857,7 +857,7 @@ def _versions() -> dict[str, Optional[str]]:
 
 
 def render_text(res: dict[str, Any], stream: IO[str]) -> str:
-    from .._cli_util import Style, render_table
+    from ..util import Style, render_table
 
     style = Style.for_stream(stream)
     out = [style("shmsem bench: Channel and Mailbox against their peers", "bold"),
@@ -1034,7 +1034,7 @@ def bench(args: argparse.Namespace, stdout: IO[str] = sys.stdout,
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`shmsem bench` (cli.py)."""
-    from .._cli_util import CliError
+    from ..util import CliError
 
     try:
         return bench(args)

@@ -2,7 +2,7 @@
 
 This module is the argparse front end: the parser, main(), and the one place
 where errors become one line on stderr and an exit status (0 ok, 1 error,
-2 usage).  The commands themselves live in _cli_commands.py and _doctor.py;
+2 usage).  The commands themselves live in commands.py and doctor.py;
 docs/cli.md documents every command, option and JSON output.
 """
 
@@ -14,10 +14,10 @@ import sys
 import textwrap
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
-from . import __version__
-from ._bench.options import add_peers_options
-from ._cli_util import CliError, one_line, positive_float, positive_int
-from .errors import ShmsemError
+from .. import __version__
+from .bench.options import add_peers_options
+from .util import CliError, one_line, positive_float, positive_int
+from ..errors import ShmsemError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,11 +52,11 @@ def _commands() -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run: Callable[[Any], int] = _import("_demo").run
+    run: Callable[[Any], int] = _import("demo").run
     return run(sys.stdout)
 
 
-def _lazy(name: str, module: str = "_cli_commands") -> Callable[[argparse.Namespace], int]:
+def _lazy(name: str, module: str = "commands") -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         func: Callable[[argparse.Namespace], int] = getattr(_import(module), name)
         return func(args)
@@ -65,7 +65,7 @@ def _lazy(name: str, module: str = "_cli_commands") -> Callable[[argparse.Namesp
 
 
 def _import(module: str) -> Any:
-    """Import shmsem.<module>; an installation this user may not read is a
+    """Import shmsem.cli.<module>; an installation this user may not read is a
     CliError that says what could not be read."""
     import importlib
 
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
              "list warnings (near a limit, orphans present), each with the command that "
              "fixes it.",
              "examples:\n  shmsem doctor\n  shmsem doctor --json | jq .warnings",
-             _lazy("cmd_doctor", "_doctor"))
+             _lazy("cmd_doctor", "doctor"))
     _json_opt(p, "print the report")
 
     _add(sub, "demo", "two processes exchange messages; prints what happened",
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
              "examples:\n  shmsem bench --quick\n"
              "  shmsem bench --json results.json --plot results.png\n"
              "  shmsem bench --markdown > channels.md",
-             _lazy("cmd_bench", "_bench.peers"))
+             _lazy("cmd_bench", "bench.peers"))
     add_peers_options(p)
 
     return parser
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse_targets(args: argparse.Namespace) -> None:
     """Turn KEY|ID strings into Targets; a bad one is a usage error (exit 2)."""
-    target = _import("_target")
+    target = _import("target")
     parse = target.parse_id if getattr(args, "by_id", False) else target.parse_target
     parser: argparse.ArgumentParser = args._parser
     try:

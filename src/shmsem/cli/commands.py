@@ -1,5 +1,5 @@
 """The commands behind `shmsem ls|show|rm|read|write|watch|gc` (cli.py parses
-the arguments; `doctor` lives in _doctor.py).
+the arguments; `doctor` lives in doctor.py).
 
 Each command takes the parsed arguments and returns the exit status.  Errors
 the user can act on are raised as CliError (one line on stderr, status 1).
@@ -16,10 +16,10 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from . import _core
-from ._cli_util import CliError, Cell, Style, format_time, human_size, plural, render_table
-from ._inspect import FrameInfo, Peek, ShmsemHeader, peek, read_segment
-from ._sysv_table import (
+from .. import _core
+from .util import CliError, Cell, Style, format_time, human_size, plural, render_table
+from .inspect import FrameInfo, Peek, ShmsemHeader, peek, read_segment
+from .sysv_table import (
     KIND_NAMES,
     KINDS,
     IpcObject,
@@ -34,11 +34,11 @@ from ._sysv_table import (
     user_name,
     who,
 )
-from ._target import Target, find, find_one, not_found_message
-from .errors import FrameError, NotFoundError, RemovedError, ShmsemError, format_key
-from .msgq import MessageQueue
-from .sem import SemaphoreSet
-from .shm import SharedMemory
+from .target import Target, find, find_one, not_found_message
+from ..errors import FrameError, NotFoundError, RemovedError, ShmsemError, format_key
+from ..msgq import MessageQueue
+from ..sem import SemaphoreSet
+from ..shm import SharedMemory
 
 __all__ = [
     "Entry", "gather", "record", "load_objects", "permission_hint",

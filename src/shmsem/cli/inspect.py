@@ -15,9 +15,9 @@ import dataclasses
 import struct
 from typing import Optional
 
-from . import _core
-from .errors import ShmsemError
-from .shm import SharedMemory
+from .. import _core
+from ..errors import ShmsemError
+from ..shm import SharedMemory
 
 __all__ = ["ShmsemHeader", "FrameInfo", "Peek", "parse_header", "parse_frame", "peek"]
 

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ._cli_commands import Entry, gather, load_objects
-from ._cli_util import Cell, Style, human_size, plural, render_table
-from ._sysv_table import Liveness, who
-from .errors import ShmsemError, format_key
-from .msgq import MessageQueue
+from .commands import Entry, gather, load_objects
+from .util import Cell, Style, human_size, plural, render_table
+from .sysv_table import Liveness, who
+from ..errors import ShmsemError, format_key
+from ..msgq import MessageQueue
 
 __all__ = ["cmd_doctor", "read_limits", "namespace_report"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._cli_util import positive_float, positive_int
+from ..util import positive_float, positive_int
 
 #: Full and --quick settings: trials per candidate, seconds per trial.
 FULL_TRIALS, FULL_TRIAL_TIME = 11, 0.3
