@@ -974,7 +974,7 @@ def test_a_sleeper_leaving_never_strands_the_others(make, child, no_slice_shim, 
 
         def flag() -> bool:
             if mb is not None:
-                return bool(mb.stats()["waiting"])
+                return mb.stats().readers_waiting
             s = ch.stats()
             return s.consumers_waiting if kind == "get" else s.producers_waiting
 

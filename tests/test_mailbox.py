@@ -175,7 +175,7 @@ def test_wait_in_a_thread_is_woken_by_publish(make) -> None:
     result: list[Any] = []
     t = threading.Thread(target=lambda: result.append(mb.wait(0, timeout=WAIT)), daemon=True)
     t.start()
-    wait_for(lambda: mb.stats()["waiting"] == 1, "the thread to sleep")
+    wait_for(lambda: mb.stats().readers_waiting, "the thread to sleep")
     mb.publish(b"wake")
     t.join(WAIT)
     assert not t.is_alive()
@@ -188,10 +188,10 @@ def test_a_wait_that_times_out_unregisters(make) -> None:
     wake for nobody."""
     mb = make(100)
     assert mb.wait(0, timeout=0.05) is None
-    assert mb.stats()["waiting"] == 0
+    assert not mb.stats().readers_waiting
     mb.publish(b"x")
     assert mb.wait(1, timeout=0.05) is None
-    assert mb.stats()["waiting"] == 0
+    assert not mb.stats().readers_waiting
 
 
 def test_wait_forever_is_woken(make) -> None:
@@ -210,9 +210,9 @@ def test_stats(make) -> None:
     mb.publish(b"1")
     mb.publish(b"2")
     s = mb.stats()
-    assert s["capacity"] == 100 and s["seq"] == 2
-    assert s["writer_lock_pid"] == 0 and s["recoveries"] == 0
-    assert s["current_cell"] in (0, 1)
+    assert s.capacity == 100 and s.seq == 2
+    assert s.writer_lock_pid == 0 and s.recoveries == 0
+    assert s.current_cell in (0, 1)
 
 
 def test_header_layout(make, raw) -> None:
@@ -405,7 +405,7 @@ def test_dead_writer_lock_is_recovered(make, raw) -> None:
     mb = make(100)
     shm = raw(mb)
     shm.write_at(OFF_LOCK, struct.pack("<I", FUTEX_OWNER_DIED))
-    assert mb.stats()["writer_lock_pid"] == 0
+    assert mb.stats().writer_lock_pid == 0
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(mb.publish(b"after")), daemon=True)
     t.start()
@@ -413,7 +413,7 @@ def test_dead_writer_lock_is_recovered(make, raw) -> None:
     assert not t.is_alive(), "publish() never took over the dead writer's lock"
     assert result == [1]
     s = mb.stats()
-    assert s["recoveries"] == 1 and s["writer_lock_pid"] == 0
+    assert s.recoveries == 1 and s.writer_lock_pid == 0
 
 
 # ---------------------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_close_with_a_view_alive_refuses_and_changes_nothing(make) -> None:
 
         t = threading.Thread(target=run, daemon=True)
         t.start()
-        wait_for(lambda: mb.stats()["waiting"] == 1, "the thread to sleep")
+        wait_for(lambda: mb.stats().readers_waiting, "the thread to sleep")
         return t
 
     t = waiter(0)
@@ -686,7 +686,7 @@ def test_writers_killed_mid_publish(make, child) -> None:
                 os.kill(pid, signal.SIGKILL)
                 last_held = False
             else:  # aim: kill it inside publish(), holding the lock
-                last_held = kill_in_lock(pid, lambda: mb.stats()["writer_lock_pid"])
+                last_held = kill_in_lock(pid, lambda: mb.stats().writer_lock_pid)
             os.waitpid(pid, 0)
             held += last_held
             os.close(rd)
@@ -718,9 +718,9 @@ def test_writers_killed_mid_publish(make, child) -> None:
     assert seq >= kills and check_value(seq, value) is None
     # A new writer, in a new process: must take the dead writer's lock over.
     newcomer = child(mb_code(mb.id, """
-        before = mb.stats()["recoveries"]
+        before = mb.stats().recoveries
         seq = mb.publish(make_value(mb.seq + 1, b"newcomer"))
-        print(seq, mb.stats()["recoveries"] - before, flush=True)
+        print(seq, mb.stats().recoveries - before, flush=True)
     """))
     got, recoveries = map(int, newcomer.readline(timeout=WAIT).split())
     assert newcomer.wait() == 0
@@ -730,9 +730,9 @@ def test_writers_killed_mid_publish(make, child) -> None:
     # Every writer killed in the lock was taken over once (the counter lives
     # in the segment, shared by every process).  The kills not aimed at the
     # lock may have landed in it too.
-    assert int(line[1]) <= mb.stats()["recoveries"] <= kills
+    assert int(line[1]) <= mb.stats().recoveries <= kills
     assert mb.read() == (got, make_value(got, b"newcomer"))
-    assert mb.stats()["writer_lock_pid"] == 0
+    assert mb.stats().writer_lock_pid == 0
 
 
 def test_wait_in_a_child_is_woken_by_publish(make, child) -> None:
@@ -742,7 +742,7 @@ def test_wait_in_a_child_is_woken_by_publish(make, child) -> None:
         print(mb.wait(0, timeout=30), flush=True)
     """))
     c.expect("ready")
-    wait_for(lambda: mb.stats()["waiting"] == 1, "the child to sleep")
+    wait_for(lambda: mb.stats().readers_waiting, "the child to sleep")
     mb.publish(b"hello")
     c.expect(repr((1, b"hello")))
     assert c.wait() == 0
@@ -758,7 +758,7 @@ def test_sigint_interrupts_wait_in_a_child(make, child) -> None:
             print("KeyboardInterrupt", flush=True)
     """))
     c.expect("ready")
-    wait_for(lambda: mb.stats()["waiting"] == 1, "the child to sleep")
+    wait_for(lambda: mb.stats().readers_waiting, "the child to sleep")
     c.signal(signal.SIGINT)
     c.expect("KeyboardInterrupt")
     assert c.wait() == 0

@@ -641,7 +641,7 @@ def test_mailbox_values_cross_both_ways(mailbox, run) -> None:
         assert c_mailbox_read(run, mb) == (i, value)
         assert mb.read() == (i, value)
     run("mb-publish", mb.id, (b"x" * 101).hex(), expect=EXIT_USAGE)
-    assert mb.read()[0] == 8 and mb.stats()["recoveries"] == 0
+    assert mb.read()[0] == 8 and mb.stats().recoveries == 0
 
 
 def test_a_live_c_mailbox_writer_is_waited_for_until_killed(mailbox, background, child) -> None:
@@ -651,7 +651,7 @@ def test_a_live_c_mailbox_writer_is_waited_for_until_killed(mailbox, background,
     mb = mailbox(100)
     c = background("hold", mb.id, "writer")
     c.expect("held")
-    assert word(mb.id, "writer") == c.pid and mb.stats()["writer_lock_pid"] == c.pid
+    assert word(mb.id, "writer") == c.pid and mb.stats().writer_lock_pid == c.pid
     py = child(f"""
         from shmsem import Mailbox
         mb = Mailbox.from_id({mb.id})
@@ -659,13 +659,13 @@ def test_a_live_c_mailbox_writer_is_waited_for_until_killed(mailbox, background,
     """)
     wait_until(lambda: word(mb.id, "writer") & FUTEX_WAITERS, "the Python writer to sleep on the lock")
     assert py.proc.poll() is None and mb.read() == (0, b"")
-    assert mb.stats()["recoveries"] == 0
+    assert mb.stats().recoveries == 0
     c.kill()
     py.expect("1", timeout=WAIT)
     assert py.wait(WAIT) == 0
     assert mb.read() == (1, b"from Python")
     s = mb.stats()
-    assert s["recoveries"] == 1 and s["writer_lock_pid"] == 0
+    assert s.recoveries == 1 and s.writer_lock_pid == 0
 
 
 def test_c_takes_over_the_mailbox_lock_of_a_killed_python_writer(mailbox, child, run) -> None:
@@ -681,19 +681,19 @@ def test_c_takes_over_the_mailbox_lock_of_a_killed_python_writer(mailbox, child,
                 mb.publish(data)
         """)
         c.expect("ready")
-        died_holding = kill_in_lock(c.pid, lambda: mb.stats()["writer_lock_pid"], 10.0)
+        died_holding = kill_in_lock(c.pid, lambda: mb.stats().writer_lock_pid, 10.0)
         c.proc.wait(WAIT)
         if not died_holding:
             continue
         assert word(mb.id, "writer") & ~FUTEX_WAITERS == FUTEX_OWNER_DIED
         seq, value = mb.read()
         assert value == (bytes(big) if seq else b"")  # never a torn value
-        before = mb.stats()["recoveries"]
+        before = mb.stats().recoveries
         r = run("mb-publish", mb.id, "c0ffee")
         assert "recovered writer lock" in r.stderr
         assert int(r.stdout) == seq + 1
         assert mb.read() == (seq + 1, b"\xc0\xff\xee")
-        assert mb.stats()["recoveries"] == before + 1
-        assert mb.stats()["writer_lock_pid"] == 0
+        assert mb.stats().recoveries == before + 1
+        assert mb.stats().writer_lock_pid == 0
         return
     pytest.fail("never caught the Python writer inside the lock")

@@ -179,18 +179,18 @@ def test_a_stopped_mailbox_writer_in_another_pid_namespace_keeps_the_lock(holder
                         mb.publish(value)
                 """)
                 assert h.stop_in_lock(lambda: _word(shm, lock)), "never caught the writer in the lock"
-                before = mb.stats()["recoveries"]
+                before = mb.stats().recoveries
                 published: list[int] = []
                 t = threading.Thread(target=lambda: published.append(mb.publish(b"after")))
                 t.start()  # publish() has no timeout: it waits for the stopped writer
                 t.join(0.3)
                 assert t.is_alive() and not published
-                assert mb.stats()["recoveries"] == before
+                assert mb.stats().recoveries == before
                 os.kill(h.pid, signal.SIGKILL)
                 t.join(WAIT)
                 assert not t.is_alive(), "the dead writer's lock was never taken over"
                 h.kill()
-                assert mb.stats()["recoveries"] == before + 1
+                assert mb.stats().recoveries == before + 1
                 seq, value = mb.read()
                 assert seq == published[0] and value == b"after"
     finally:

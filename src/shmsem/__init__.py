@@ -57,7 +57,7 @@ from .errors import (
     WouldBlockError as WouldBlockError,
 )
 from .keys import IPC_PRIVATE as IPC_PRIVATE, ftok as ftok, key_from_name as key_from_name
-from .mailbox import Mailbox as Mailbox
+from .mailbox import Mailbox as Mailbox, MailboxStats as MailboxStats
 from .msgq import MessageQueue as MessageQueue, MessageQueueStat as MessageQueueStat
 from .sem import (
     SEMVMX as SEMVMX,
@@ -90,6 +90,7 @@ __all__ = [
     "Channel",
     "ChannelStats",
     "Mailbox",
+    "MailboxStats",
     "PosixIpcHelper",
     "ShmsemError",
     "NotFoundError",

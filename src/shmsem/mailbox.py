@@ -11,13 +11,34 @@ holder dies.  The binary layout is in docs/protocol.md.
 
 from __future__ import annotations
 
+import dataclasses
+
 from . import _core
 from ._policy import check_mode_arg
 from ._segment_object import SegmentObject
 from .keys import Key, normalize_key
 from .shm import SharedMemory
 
-__all__ = ["Mailbox"]
+__all__ = ["Mailbox", "MailboxStats"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MailboxStats:
+    """A snapshot of a Mailbox's header counters."""
+
+    #: the largest value in bytes
+    capacity: int
+    #: sequence number of the latest value (values ever published); 0 before the first
+    seq: int
+    #: the cell (0 or 1) that holds the latest value
+    current_cell: int
+    #: a reader sleeps waiting for a newer value
+    readers_waiting: bool
+    #: thread id holding the writer lock, as the holder's own PID namespace
+    #: numbers it (the pid of a single-threaded process); 0 if free
+    writer_lock_pid: int
+    #: locks taken over from holders that died, by any process, ever
+    recoveries: int
 
 
 def _check_capacity(capacity: int) -> int:
@@ -74,7 +95,11 @@ class Mailbox(SegmentObject, _core.MailboxBase):
         self._setup(shm, 0)
         return self
 
-    def stats(self) -> dict[str, int]:
-        """Header counters: capacity, seq, current_cell, waiting,
-        writer_lock_pid, recoveries."""
-        return dict(self._stats())
+    def stats(self) -> MailboxStats:
+        """A snapshot of the header counters."""
+        s = self._stats()
+        return MailboxStats(
+            capacity=s["capacity"], seq=s["seq"], current_cell=s["current_cell"],
+            readers_waiting=bool(s["waiting"]), writer_lock_pid=s["writer_lock_pid"],
+            recoveries=s["recoveries"],
+        )

@@ -1264,7 +1264,7 @@ class Role_mailbox_lockprobe(Role):
 
         mb, h = self.obj, self.h
         bound = self.spec["timeout"]
-        before = mb.stats()["recoveries"]
+        before = mb.stats().recoveries
         if phase == "churn":
             results = [_timed(h, "read", mb.read, (shmsem.FormatError,),
                               bound=self.spec["read_bound"])]
@@ -1282,7 +1282,7 @@ class Role_mailbox_lockprobe(Role):
                 _timed(h, "publish", lambda: mb.publish(b"after"), (), bound=20),
                 _timed(h, "read", mb.read, (), bound=20),
             ]
-        return {"results": results, "recoveries": mb.stats()["recoveries"] - before}
+        return {"results": results, "recoveries": mb.stats().recoveries - before}
 
 
 if __name__ == "__main__":

@@ -334,7 +334,7 @@ def lock_owner_after_fork(how: str) -> None:
     t0 = time.monotonic()
     if how.startswith("Mailbox"):
         obj.publish(b"parent")
-        recoveries = obj.stats()["recoveries"]
+        recoveries = obj.stats().recoveries
     elif "consumer" in how:
         obj.put_bytes(b"parent", timeout=WAIT)  # at least one message to get
         while obj.get_bytes(timeout=WAIT) != b"parent":
@@ -443,8 +443,7 @@ def fork_while_a_thread_holds(kind: str) -> None:
         t.join(WAIT)
     out = {"attempts": attempts, "tid": tid, "checked": checked,
            "alive": t.is_alive(), "word_at_end": lock_word(raw, at),
-           "recoveries": obj.stats().recoveries if kind == "Channel"
-           else obj.stats()["recoveries"]}
+           "recoveries": obj.stats().recoveries}
     raw.detach()
     obj.close()
     emit(out)

@@ -647,7 +647,7 @@ def test_lock_held_by_someone_else(procs, objects, reliability, kind) -> None:
     problems: list[str] = []
 
     def recoveries() -> int:
-        return obj.stats().recoveries if kind == "channel" else obj.stats()["recoveries"]
+        return obj.stats().recoveries
 
     def states() -> list[int]:
         return [H.word_state(w.get32(o)) for o in words]

@@ -514,19 +514,19 @@ def test_kill_storm(child, tmp_path, reliability) -> None:
     details = figures.pop("details")
     figures["stuck_locks"] = len([p for p in summary["problems"] if "stayed" in p])
     figures["recoveries_channel"] = stats.recoveries
-    figures["recoveries_mailbox"] = mb_stats["recoveries"]
+    figures["recoveries_mailbox"] = mb_stats.recoveries
     reliability(**figures)
 
     assert summary["problems"] == [], summary["problems"]
     assert lock_free, "the Lock is held by nobody alive, yet cannot be acquired"
     assert (stats.producer_lock_pid, stats.consumer_lock_pid) == (0, 0)
-    assert mb_stats["writer_lock_pid"] == 0
+    assert mb_stats.writer_lock_pid == 0
     # Free, unmarked, and no waiter bit left behind.
     assert summary["final"]["words"] == {"producer": 0, "consumer": 0, "writer": 0}, (
         summary["final"]["words"])
     # Every takeover counted once, in the segment, whoever took it over: one
     # per kill inside the lock (nobody else died, nobody died twice).
-    assert (stats.recoveries, mb_stats["recoveries"]) == (
+    assert (stats.recoveries, mb_stats.recoveries) == (
         figures["kills_holding_lock_producer"] + figures["kills_holding_lock_consumer"],
         figures["kills_holding_lock_writer"]), (stats, mb_stats, figures)
     assert leftover == [], "consumers stopped at an empty channel, yet messages remain"
