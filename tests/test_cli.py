@@ -483,6 +483,29 @@ def test_show_channel_counters(unique_key: Any) -> None:
         assert [p["pid"] for p in rec["attached_pids"]] == [os.getpid()]
 
 
+def test_the_inspector_reads_the_objects_own_stats(unique_key: Any) -> None:
+    """show and ls print the ChannelStats / MailboxStats that stats() returns
+    (STYLE.md, "One vocabulary"), read from the header without attaching one."""
+    from shmsem.cli.inspect import read_segment
+
+    with shmsem.Channel.create(unique_key(), 4096) as ch, \
+            shmsem.Mailbox.create(unique_key(), 100) as mb:
+        for i in range(3):
+            ch.put_bytes(bytes(i + 1))
+        ch.get_bytes()
+        mb.publish(b"one")
+        mb.publish(b"two!")
+        for o in (ch, mb):
+            shm = shmsem.SharedMemory.from_id(o.id, readonly=True)
+            try:
+                header, _ = read_segment(shm)
+            finally:
+                shm.detach()
+            assert header is not None and header.problem is None
+            assert header.stats == o.stats()
+        assert header.used == 4 and header.last_seq == header.messages == 2
+
+
 def test_show_mailbox_and_frame_and_semaphores(unique_key: Any, cleanup: Any) -> None:
     key = unique_key()
     box = shmsem.Mailbox.create(None, 100)

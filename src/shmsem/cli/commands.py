@@ -35,6 +35,7 @@ from .sysv_table import (
     who,
 )
 from .target import Target, find, find_one, not_found_message
+from ..channel import ChannelStats
 from ..errors import FrameError, NotFoundError, RemovedError, ShmsemError, format_key
 from ..msgq import MessageQueue
 from ..sem import SemaphoreSet
@@ -118,17 +119,17 @@ def _header_record(h: Optional[ShmsemHeader]) -> Optional[JsonDict]:
         "fill": None if fill is None else round(fill, 4),
         "messages": h.messages,
         "last_seq": h.last_seq,
-        "put_count": h.put_count,
-        "get_count": h.get_count,
-        "consumers_waiting": h.consumers_waiting,
-        "producers_waiting": h.producers_waiting,
-        "producer_lock_pid": h.producer_lock_pid,
-        "consumer_lock_pid": h.consumer_lock_pid,
+        "put_count": h.counter("put_count"),
+        "get_count": h.counter("get_count"),
+        "consumers_waiting": h.counter("consumers_waiting"),
+        "producers_waiting": h.counter("producers_waiting"),
+        "producer_lock_pid": h.counter("producer_lock_pid"),
+        "consumer_lock_pid": h.counter("consumer_lock_pid"),
         "cell_stride": h.cell_stride,
-        "current_cell": h.current_cell,
-        "readers_waiting": h.readers_waiting,
-        "writer_lock_pid": h.writer_lock_pid,
-        "recoveries": h.recoveries,
+        "current_cell": h.counter("current_cell"),
+        "readers_waiting": h.counter("readers_waiting"),
+        "writer_lock_pid": h.counter("writer_lock_pid"),
+        "recoveries": h.counter("recoveries"),
         "creator_pid": h.creator_pid,
         "problem": h.problem,
     }
@@ -466,30 +467,31 @@ def _show_human(rec: JsonDict, e: Entry, style: Style) -> list[str]:
 
 def header_fields(h: ShmsemHeader) -> list[tuple[str, str]]:
     """(label, value) lines describing a Channel or Mailbox header."""
-    if h.problem is not None:
-        return [("problem", h.problem)]
+    s = h.stats
+    if h.problem is not None or s is None:
+        return [("problem", h.problem or "no counters")]
     fill = h.fill or 0.0
-    if h.kind == "channel":
+    if isinstance(s, ChannelStats):
         return [
             ("capacity", f"{h.capacity} bytes ({human_size(h.capacity)})"),
-            ("used", f"{h.used} bytes ({fill * 100:.1f}%)"),
-            ("messages", f"{h.messages} queued ({h.put_count} put, {h.get_count} taken)"),
+            ("used", f"{s.used} bytes ({fill * 100:.1f}%)"),
+            ("messages", f"{s.messages} queued ({s.put_count} put, {s.get_count} taken)"),
             ("last seq", str(h.last_seq)),
-            ("waiters", f"consumers {_yes(h.consumers_waiting)}, "
-                        f"producers {_yes(h.producers_waiting)}"),
-            ("locks", f"producer {_lock(h.producer_lock_pid)}, "
-                      f"consumer {_lock(h.consumer_lock_pid)}; "
-                      f"{h.recoveries} taken over from dead holders"),
+            ("waiters", f"consumers {_yes(s.consumers_waiting)}, "
+                        f"producers {_yes(s.producers_waiting)}"),
+            ("locks", f"producer {_lock(s.producer_lock_pid)}, "
+                      f"consumer {_lock(s.consumer_lock_pid)}; "
+                      f"{s.recoveries} taken over from dead holders"),
         ]
     used = "?" if h.used is None else f"{h.used} bytes ({fill * 100:.1f}%)"
     return [
         ("capacity", f"{h.capacity} bytes per value"),
-        ("used", f"{used}, in cell {h.current_cell}"),
-        ("messages", f"{h.messages} published"),
-        ("last seq", str(h.last_seq)),
-        ("waiters", f"readers {_yes(h.readers_waiting)}"),
-        ("locks", f"writer {_lock(h.writer_lock_pid)}; "
-                  f"{h.recoveries} taken over from dead holders"),
+        ("used", f"{used}, in cell {s.current_cell}"),
+        ("messages", f"{s.seq} published"),
+        ("last seq", str(s.seq)),
+        ("waiters", f"readers {_yes(s.readers_waiting)}"),
+        ("locks", f"writer {_lock(s.writer_lock_pid)}; "
+                  f"{s.recoveries} taken over from dead holders"),
     ]
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Optional
+from typing import Any, Optional, Union
 
 from .. import _core
+from ..channel import ChannelStats
 from ..errors import ShmsemError
+from ..mailbox import MailboxStats
 from ..shm import SharedMemory
 
 __all__ = ["ShmsemHeader", "FrameInfo", "Peek", "parse_header", "parse_frame", "peek"]
@@ -49,34 +51,46 @@ _I32 = struct.Struct("<i")
 class ShmsemHeader:
     """What the header of a Channel or Mailbox says, at one instant.
 
-    Counters are None when ``problem`` is set (the header failed the checks
-    of docs/protocol.md section 1, so they cannot be trusted)."""
+    The counters are ``stats``: the ChannelStats or MailboxStats that
+    ``stats()`` of an attached Channel or Mailbox would return.  It is None
+    when ``problem`` is set (the header failed the checks of
+    docs/protocol.md section 1, so its counters cannot be trusted)."""
 
     kind: str  # "channel" or "mailbox"
     version: int
     capacity: int
     creator_pid: int
     problem: Optional[str] = None
-    #: channel: bytes queued (records, headers and padding); mailbox: length of the latest value
-    used: Optional[int] = None
-    #: channel: messages queued; mailbox: values published (the latest seq)
-    messages: Optional[int] = None
-    #: channel: messages ever put (the last message's sequence number); mailbox: the latest seq
-    last_seq: Optional[int] = None
-    # channel
-    put_count: Optional[int] = None
-    get_count: Optional[int] = None
-    consumers_waiting: Optional[bool] = None
-    producers_waiting: Optional[bool] = None
-    producer_lock_pid: Optional[int] = None
-    consumer_lock_pid: Optional[int] = None
-    # mailbox
+    stats: Union[ChannelStats, MailboxStats, None] = None
+    #: mailbox: bytes between the starts of the two cells
     cell_stride: Optional[int] = None
-    current_cell: Optional[int] = None
-    readers_waiting: Optional[bool] = None
-    writer_lock_pid: Optional[int] = None
-    #: locks taken over from holders that died, ever (both kinds)
-    recoveries: Optional[int] = None
+    #: mailbox: length of the latest value (None while it is being written)
+    value_length: Optional[int] = None
+
+    def counter(self, name: str) -> Any:
+        """The ``stats`` field ``name``, or None (no stats, or the other kind's field)."""
+        return getattr(self.stats, name, None)
+
+    @property
+    def used(self) -> Optional[int]:
+        """channel: bytes queued (records, headers, padding); mailbox: the latest value's length."""
+        if isinstance(self.stats, ChannelStats):
+            return self.stats.used
+        return self.value_length if self.stats is not None else None
+
+    @property
+    def messages(self) -> Optional[int]:
+        """channel: messages queued; mailbox: values published (the latest seq)."""
+        if isinstance(self.stats, ChannelStats):
+            return self.stats.messages
+        return self.last_seq
+
+    @property
+    def last_seq(self) -> Optional[int]:
+        """channel: messages ever put (the last message's seq); mailbox: the latest seq."""
+        if isinstance(self.stats, ChannelStats):
+            return self.stats.put_count
+        return self.stats.seq if self.stats is not None else None
 
     @property
     def fill(self) -> Optional[float]:
@@ -166,15 +180,16 @@ def _channel(
             problem=f"inconsistent positions head={hd} tail={tail} (corrupt, or changing fast)",
         )
     messages = put_count - get_count if put_count >= get_count else 0
-    return ShmsemHeader(
-        "channel", version, capacity, creator, used=used, messages=messages,
-        last_seq=put_count, put_count=put_count, get_count=get_count,
+    stats = ChannelStats(
+        capacity=capacity, used=used, messages=messages,
+        put_count=put_count, get_count=get_count,
         consumers_waiting=bool(consumers_waiting), producers_waiting=bool(producers_waiting),
         producer_lock_pid=_lock_holder(head, _CH["producer_lock"]),
         consumer_lock_pid=_lock_holder(head, _CH["consumer_lock"]),
         recoveries=_lock_recoveries(head, _CH["producer_lock"])
         + _lock_recoveries(head, _CH["consumer_lock"]),
     )
+    return ShmsemHeader("channel", version, capacity, creator, stats=stats)
 
 
 def mailbox_cell_offset(head: bytes) -> Optional[int]:
@@ -213,12 +228,13 @@ def _mailbox(
     elif cell is not None and len(cell) >= 24:
         n = _U64.unpack_from(cell, 16)[0]
         length = n if n <= capacity else None  # mid-write or corrupt: do not report it
-    return ShmsemHeader(
-        "mailbox", version, capacity, creator, used=length, messages=seq, last_seq=seq,
-        cell_stride=stride, current_cell=state & 1, readers_waiting=bool(waiting),
+    stats = MailboxStats(
+        capacity=capacity, seq=seq, current_cell=state & 1, readers_waiting=bool(waiting),
         writer_lock_pid=_lock_holder(head, _MB["writer_lock"]),
         recoveries=_lock_recoveries(head, _MB["writer_lock"]),
     )
+    return ShmsemHeader("mailbox", version, capacity, creator, stats=stats,
+                        cell_stride=stride, value_length=length)
 
 
 def parse_frame(data: bytes, size: int) -> Optional[FrameInfo]:
