@@ -6,7 +6,7 @@ when owner)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from ._policy import CREATE_OR_OPEN_ATTEMPTS
 from .errors import ClosedError, ExistsError, FormatError, NotFoundError, RemovedError, format_key
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 #: How long opening waits for a creator to finish writing the header.
 READY_WAIT = 0.1
+
+# `with Channel(...) as ch` keeps ch a Channel (typing.Self is Python 3.11+).
+_Self = TypeVar("_Self", bound="SegmentObject")
 
 
 class SegmentObject:
@@ -115,7 +118,7 @@ class SegmentObject:
         if shm is not None:
             shm.close()
 
-    def __enter__(self) -> Any:
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
