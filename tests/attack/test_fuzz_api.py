@@ -1294,7 +1294,7 @@ def mailbox_op(t: Tally, mb: Any, model: list[Any], name: str, data: Any, after:
     elif name == "state":
         ok, s = t.call("stats", "stats()", mb.stats)
         if ok:
-            t.check("stats", "stats()", s["seq"] == model[0] and s["capacity"] == mb.capacity,
+            t.check("stats", "stats()", s.seq == model[0] and s.capacity == mb.capacity,
                     f"{s}")
     else:
         desc = f"wait({after!r}, {tmo!r}) at seq {model[0]}"
