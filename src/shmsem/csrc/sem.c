@@ -496,7 +496,7 @@ parse_sembuf(PyObject *item, struct sembuf *op)
         goto done;
     }
     if (flg & ~(IPC_NOWAIT | SEM_UNDO)) {
-        PyErr_Format(PyExc_ValueError, "op flags %#x: only IPC_NOWAIT and SEM_UNDO are allowed",
+        PyErr_Format(PyExc_ValueError, "op flags 0x%x: only IPC_NOWAIT and SEM_UNDO are allowed",
                      flg);
         goto done;
     }
