@@ -11,6 +11,7 @@ the test file, not a string.  Nothing here imports pytest.
 from __future__ import annotations
 
 import json
+import subprocess
 import os
 import signal
 import struct
@@ -19,6 +20,8 @@ import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
+
+import pytest
 
 HERE = Path(__file__).resolve().parent
 # tests/, for proc_helpers: children that import this module have only HERE.
@@ -178,3 +181,21 @@ def sysv_maps() -> list[str]:
 def emit(obj: Any) -> None:
     """One JSON line on stdout, written at once (children report this way)."""
     os.write(1, (json.dumps(obj) + "\n").encode())
+
+
+def run_json_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Run a child (made with child_code) that prints one JSON object per
+    step: {"start": label} before it, {"label": ...} after it, {"finished":
+    true} at the end.  Fail, naming the step it died in, unless it finished;
+    return its stderr and the steps by label."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=4 * WAIT, cwd="/",
+                              env=env, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the namespaced child did not finish in {4 * WAIT}s")
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    started = [x["start"] for x in lines if "start" in x]
+    assert proc.returncode == 0 and lines and "finished" in lines[-1], (
+        f"the child died (rc={proc.returncode}) during: {started[-1] if started else '?'}\n"
+        f"{proc.stderr[-3000:]}")
+    return proc.stderr, {x["label"]: x for x in lines if "label" in x}

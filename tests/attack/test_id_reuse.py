@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers_faults import WAIT, child_code
+from helpers_faults import WAIT, child_code, run_json_child
 
 import shmsem
 from shmsem import _core
@@ -190,20 +190,10 @@ def run_in_namespace(shim: Path, function: str, *args: Any) -> dict[str, dict[st
     env = dict(os.environ)
     # After a preloaded sanitizer runtime, which must stay first.
     env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(shim)]))
-    try:
-        proc = subprocess.run([shutil.which("unshare") or "unshare", "--ipc", sys.executable,
-                               "-X", "faulthandler", "-c", code],
-                              capture_output=True, text=True, timeout=4 * WAIT, cwd="/",
-                              env=env, check=False)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the namespaced child did not finish in {4 * WAIT}s")
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    started = [x["start"] for x in lines if "start" in x]
-    assert proc.returncode == 0 and lines and "finished" in lines[-1], (
-        f"the child died (rc={proc.returncode}) during: {started[-1] if started else '?'}\n"
-        f"{proc.stderr[-3000:]}")
-    assert "reused as" in proc.stderr, f"the shim did not reuse the id: {proc.stderr}"
-    return {x["label"]: x for x in lines if "label" in x}
+    stderr, steps = run_json_child([shutil.which("unshare") or "unshare", "--ipc",
+                                    sys.executable, "-X", "faulthandler", "-c", code], env)
+    assert "reused as" in stderr, f"the shim did not reuse the id: {stderr}"
+    return steps
 
 
 @pytest.mark.parametrize("big, small", [(1 << 20, 4096), (4096, 1 << 20)])

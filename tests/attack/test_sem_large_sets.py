@@ -17,12 +17,11 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 from typing import Any, Callable
 
 import pytest
-from helpers_faults import WAIT, child_code
+from helpers_faults import WAIT, child_code, run_json_child
 
 from shmsem import SemaphoreSet, _core
 
@@ -100,18 +99,8 @@ def run_in_namespace(function: str, *args: Any) -> dict[str, dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.skip("sets past 65536 members need root: unshare --ipc and kernel.sem")
     code = child_code("test_sem_large_sets", function, *args)
-    try:
-        proc = subprocess.run([unshare, "--ipc", sys.executable, "-X", "faulthandler", "-c", code],
-                              capture_output=True, text=True, timeout=4 * WAIT, cwd="/",
-                              check=False)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the namespaced child did not finish in {4 * WAIT}s")
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    started = [x["start"] for x in lines if "start" in x]
-    assert proc.returncode == 0 and lines and "finished" in lines[-1], (
-        f"the child died (rc={proc.returncode}) during: {started[-1] if started else '?'}\n"
-        f"{proc.stderr[-3000:]}")
-    return {x["label"]: x for x in lines if "label" in x}
+    _, steps = run_json_child([unshare, "--ipc", sys.executable, "-X", "faulthandler", "-c", code])
+    return steps
 
 
 def failures(res: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
