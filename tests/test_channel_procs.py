@@ -1101,19 +1101,24 @@ def test_a_woken_lock_waiter_that_gives_up_passes_the_wake_up_on(make, child, no
         def handler(signum, frame):
             raise GaveUp
         signal.signal(signal.SIGUSR1, handler)
+        said = threading.Lock()
+        def say(line):  # the two threads print at the same moment
+            with said:
+                sys.stdout.write(line + "\\n")
+                sys.stdout.flush()
         def b():
             sys.stdin.readline()  # the parent says when: after the main thread sleeps
             ch.put_bytes(b"from B")
-            print("B put", flush=True)
+            say("B put")
         t = threading.Thread(target=b)
         t.start()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         print("tids", os.getpid(), t.native_id, flush=True)
         try:
             ch.put_bytes(b"from main")
-            print("main put", flush=True)
+            say("main put")
         except GaveUp:
-            print("main gave up", flush=True)
+            say("main gave up")
         t.join()
     """), env=shim_env(no_slice_shim))
     _, main_tid, b_tid = c.readline().split()
